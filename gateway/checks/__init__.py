@@ -1,0 +1,23 @@
+"""The check registry: an explicit, ordered tuple (no filesystem scanning)."""
+
+from __future__ import annotations
+
+from gateway.checks.base import Check
+from gateway.checks.headers import HeadersCheck
+from gateway.checks.protocol import ProtocolCheck
+
+REGISTRY: tuple[type[Check], ...] = (
+    ProtocolCheck,
+    HeadersCheck,
+)
+
+
+def _check_unique() -> None:
+    seen: set[str] = set()
+    for check in REGISTRY:
+        if check.name in seen:
+            raise ImportError(f"duplicate check name {check.name!r} in the registry")
+        seen.add(check.name)
+
+
+_check_unique()

@@ -1,0 +1,51 @@
+"""The contract of a check: one module, one class, findings out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol, Self, TypeVar
+
+from pydantic import ValidationError
+
+from gateway.config import CheckConfig
+from gateway.context import ScanContext
+from gateway.errors import ConfigError, NotConfigured
+from gateway.types import Finding
+
+C = TypeVar("C", bound=CheckConfig)
+
+
+class Check(Protocol):
+    """What the pipeline needs of a check (Scrapy-style ``from_config`` factory)."""
+
+    name: ClassVar[str]
+    symbols: ClassVar[Mapping[str, str]]
+    config: CheckConfig
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> Self:
+        """Build from the ``[checks.NAME]`` table; raise NotConfigured when disabled."""
+        ...
+
+    async def run(self, ctx: ScanContext) -> Sequence[Finding]:
+        """Inspect one message and return findings (never a verdict or a score)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+def parse_section(name: str, model: type[C], section: Mapping[str, Any]) -> C:
+    """Validate a check's section; disabled checks raise NotConfigured, bad keys ConfigError."""
+    try:
+        config = model.model_validate(dict(section))
+    except ValidationError as exc:
+        details = "; ".join(
+            f"checks.{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(details) from exc
+    if not config.enabled:
+        raise NotConfigured(f"checks.{name}.enabled = false")
+    return config

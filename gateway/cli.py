@@ -1,0 +1,380 @@
+"""The ``mailmoat`` command: serve, scan, config check, events, quarantine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import Settings, load_settings
+from gateway.context import Envelope, ScanContext, new_connection_id
+from gateway.errors import ConfigError, GatewayError, UnknownIdError
+from gateway.events import EventFilter, SecurityEvent, SqliteStore, parse_time
+from gateway.pipeline import Pipeline
+from gateway.quarantine import Quarantine
+
+log = logging.getLogger(__name__)
+
+
+def _setup_logging(level: str, events_to_stderr: bool) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not events_to_stderr:
+        logging.getLogger("gateway.events").setLevel(logging.WARNING)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def _fmt_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# --- serve ----------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.service import Gateway
+    from gateway.smtp.server import serve
+
+    settings = _settings(args)
+    gateway = Gateway(settings, Path(args.config) if args.config else None)
+    asyncio.run(serve(gateway))
+    return 0
+
+
+# --- scan -----------------------------------------------------------------------------
+
+
+def iter_message_files(paths: Sequence[str]) -> Iterator[Path]:
+    """Files as given, and every file under given directories (sorted, recursive)."""
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for file in sorted(files):
+                    yield Path(root) / file
+        else:
+            yield path
+
+
+def read_message(path: Path) -> bytes:
+    """Read a message file, dropping a leading mbox 'From ' line if present."""
+    data = path.read_bytes()
+    if data.startswith(b"From "):
+        _, _, data = data.partition(b"\n")
+    return data
+
+
+async def _scan(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    pipeline = Pipeline.from_settings(settings)
+    conn = new_connection_id()
+    status = 0
+    try:
+        for number, path in enumerate(iter_message_files(args.paths), start=1):
+            try:
+                raw = read_message(path)
+            except OSError as exc:
+                print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+                status = 1
+                continue
+            env = Envelope(
+                id=f"{conn}.{number}",
+                raw=raw,
+                mail_from=args.mail_from,
+                rcpts=tuple(args.rcpt or ["postmaster@localhost"]),
+                client_ip=args.client_ip,
+                helo=args.helo,
+                mail_options=("BODY=8BITMIME",),
+            )
+            result = await pipeline.scan(ScanContext(env))
+            verdict = result.verdict
+            if args.json:
+                record = {
+                    "file": str(path),
+                    "action": verdict.action.value,
+                    "score": verdict.score,
+                    "reason": verdict.reason,
+                    "symbols": [s.as_dict() for s in verdict.symbols],
+                    "timings_ms": result.timings_ms,
+                }
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+            else:
+                print(f"{path}: {verdict.action.value} score={verdict.score:g} ({verdict.reason})")
+                for s in verdict.symbols:
+                    detail = json.dumps(dict(s.details), ensure_ascii=False) if s.details else ""
+                    print(f"  {s.name:<28} {s.score:>6g}  {detail}")
+                timings = "  ".join(f"{k}={v:g}ms" for k, v in result.timings_ms.items())
+                print(f"  timings: {timings}")
+    finally:
+        await pipeline.aclose()
+    return status
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    return asyncio.run(_scan(args))
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    pipeline = Pipeline.from_settings(settings)
+    origin = args.config or "embedded defaults"
+    print(f"{origin}: OK")
+    print(f"  listen   {settings.server.listen}")
+    backend = settings.backend
+    where = f"{backend.host}:{backend.port}" if backend.kind == "smtp" else str(backend.path)
+    print(f"  backend  {backend.kind} {where}")
+    print(f"  store    {settings.store.database}")
+    print(f"  checks   {', '.join(c.name for c in pipeline.checks) or '(none)'}")
+    policy = settings.policy
+    thresholds = f"tag>={policy.tag:g} quarantine>={policy.quarantine:g} reject>={policy.reject:g}"
+    print(f"  policy   {thresholds}")
+    return 0
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace) -> SqliteStore:
+    return SqliteStore(_settings(args).store.database)
+
+
+def _event_line(event: SecurityEvent) -> str:
+    score = "" if event.score is None else f"{event.score:g}"
+    rcpts = ",".join(event.rcpts)
+    return (
+        f"{event.id}  {_fmt_time(event.time)}  {event.kind:<18} {event.action:<10} {score:>6}  "
+        f"{event.client_ip:<15} {event.mail_from or '<>'} -> {rcpts}  {event.subject[:60]}"
+    )
+
+
+def cmd_events_list(args: argparse.Namespace) -> int:
+    where = EventFilter(
+        since=parse_time(args.since) if args.since else None,
+        until=parse_time(args.until) if args.until else None,
+        action=args.action,
+        sender=args.sender,
+        symbol=args.symbol,
+        kind=args.kind,
+        limit=args.limit,
+    )
+    store = _store(args)
+    try:
+        for event in store.list(where):
+            print(
+                json.dumps(event.to_dict(), ensure_ascii=False) if args.json else _event_line(event)
+            )
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_events_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        event = store.get(args.id)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(event.to_dict(), ensure_ascii=False, indent=2))
+        return 0
+    data = event.to_dict()
+    for key in (
+        "id",
+        "kind",
+        "action",
+        "score",
+        "reason",
+        "client_ip",
+        "helo",
+        "tls",
+        "mail_from",
+        "rcpts",
+        "message_id",
+        "subject",
+        "size",
+        "smtp_reply",
+        "backend_reply",
+    ):
+        print(f"{key:<14} {data[key]}")
+    print(f"{'time':<14} {_fmt_time(event.time)}")
+    print("symbols:")
+    for sym in event.symbols:
+        print(
+            f"  {sym['name']:<28} {sym.get('score', 0):>6g}  {json.dumps(sym.get('details', {}))}"
+        )
+    print(f"timings_ms     {json.dumps(dict(event.timings_ms))}")
+    print(f"versions       {json.dumps(dict(event.versions))}")
+    return 0
+
+
+# --- quarantine -----------------------------------------------------------------------
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.qcommand == "release":
+        return asyncio.run(_release(settings, args.id))
+    store = SqliteStore(settings.store.database)
+    quarantine = Quarantine(settings.store.quarantine_dir, store)
+    try:
+        if args.qcommand == "list":
+            for entry in quarantine.list(status=None if args.all else "held", limit=args.limit):
+                if args.json:
+                    print(json.dumps(entry.to_dict(), ensure_ascii=False))
+                else:
+                    score = "" if entry.score is None else f"{entry.score:g}"
+                    route = f"{entry.mail_from or '<>'} -> {','.join(entry.rcpts)}"
+                    print(
+                        f"{entry.id}  {_fmt_time(entry.time)}  {entry.status:<8} {score:>6}  "
+                        f"{route}  {entry.subject[:60]}"
+                    )
+        elif args.qcommand == "show":
+            entry = quarantine.get(args.id)
+            if args.raw:
+                sys.stdout.buffer.write(quarantine.read(args.id))
+            else:
+                print(json.dumps(entry.to_dict(), ensure_ascii=False, indent=2))
+        elif args.qcommand == "delete":
+            quarantine.set_status(args.id, "deleted")
+            store.add(
+                SecurityEvent(
+                    id=f"{new_connection_id()}.1",
+                    kind="quarantine_delete",
+                    action="delete",
+                    details={"quarantine_id": args.id},
+                )
+            )
+            print(f"deleted {args.id}")
+    finally:
+        store.close()
+    return 0
+
+
+async def _release(settings: Settings, message_id: str) -> int:
+    from gateway.service import Gateway
+
+    gateway = Gateway(settings)
+    try:
+        reply = await gateway.release(message_id, actor=os.environ.get("USER", "cli"))
+    finally:
+        await gateway.aclose()
+    if reply.ok:
+        print(f"released {message_id}: {reply}")
+        return 0
+    print(f"release of {message_id} failed, still held: {reply}", file=sys.stderr)
+    return 1
+
+
+# --- parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", "-c", metavar="FILE", help="TOML config (default: embedded defaults)"
+    )
+    common.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+
+    parser = argparse.ArgumentParser(prog="mailmoat", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mailmoat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the SMTP gateway")
+    serve.set_defaults(func=cmd_serve)
+
+    scan = sub.add_parser("scan", parents=[common], help="run the pipeline on message files")
+    scan.add_argument("paths", nargs="+", metavar="PATH", help="message files or directories")
+    scan.add_argument("--json", action="store_true", help="one JSON object per message per line")
+    scan.add_argument("--client-ip", default="127.0.0.1")
+    scan.add_argument("--helo", default="localhost")
+    scan.add_argument("--mail-from", default="")
+    scan.add_argument("--rcpt", action="append", metavar="ADDR")
+    scan.set_defaults(func=cmd_scan)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="ccommand", required=True)
+    check = config_sub.add_parser("check", parents=[common], help="validate a config file")
+    check.set_defaults(func=cmd_config_check)
+
+    events = sub.add_parser("events", help="security events")
+    events_sub = events.add_subparsers(dest="ecommand", required=True)
+    elist = events_sub.add_parser("list", parents=[common], help="list events, newest first")
+    elist.add_argument("--since", help="e.g. 2h, 7d or an ISO time")
+    elist.add_argument("--until")
+    elist.add_argument("--action")
+    elist.add_argument("--sender")
+    elist.add_argument("--symbol")
+    elist.add_argument("--kind")
+    elist.add_argument("--limit", type=int, default=100)
+    elist.add_argument("--json", action="store_true")
+    elist.set_defaults(func=cmd_events_list)
+    eshow = events_sub.add_parser("show", parents=[common], help="one event in full")
+    eshow.add_argument("id")
+    eshow.add_argument("--json", action="store_true")
+    eshow.set_defaults(func=cmd_events_show)
+
+    quarantine = sub.add_parser("quarantine", help="held messages")
+    q_sub = quarantine.add_subparsers(dest="qcommand", required=True)
+    qlist = q_sub.add_parser("list", parents=[common])
+    qlist.add_argument("--all", action="store_true", help="include released and deleted")
+    qlist.add_argument("--limit", type=int, default=100)
+    qlist.add_argument("--json", action="store_true")
+    for name, text in (
+        ("show", "metadata (or --raw bytes)"),
+        ("release", "deliver to the backend"),
+        ("delete", "discard for good"),
+    ):
+        qcmd = q_sub.add_parser(name, parents=[common], help=text)
+        qcmd.add_argument("id")
+        if name == "show":
+            qcmd.add_argument("--raw", action="store_true", help="print the message bytes")
+    for qcmd in q_sub.choices.values():
+        qcmd.set_defaults(func=cmd_quarantine)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mailmoat`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = args.log_level
+    if args.command == "serve" and level == "WARNING":
+        level = "INFO"
+    _setup_logging(level, events_to_stderr=args.command == "serve")
+    started = time.perf_counter()
+    try:
+        status: int = args.func(args)
+    except UnknownIdError as exc:
+        print(f"mailmoat: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"mailmoat: {exc}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"mailmoat: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"mailmoat: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    log.debug("done in %.1f ms", (time.perf_counter() - started) * 1000)
+    return status

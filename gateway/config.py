@@ -1,0 +1,263 @@
+"""Configuration: one TOML file plus ``MAILMOAT_*`` environment variables, validated at start.
+
+Environment variables override the file; nested keys use ``__``
+(``MAILMOAT_SERVER__LISTEN=0.0.0.0:25``). Every model is frozen and rejects unknown
+keys, so a typo fails at start with the key's dotted name instead of being ignored.
+Relative paths are relative to the working directory of the process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from gateway.errors import ConfigError
+from gateway.types import Action
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SCORES = PROJECT_ROOT / "config" / "scores.toml"
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class FrozenModel(BaseModel):
+    """Base of every config section: immutable, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host:port`` or ``[v6]:port`` (port optional when a default is given)."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"unclosed '[' in {value!r}")
+        port_text = rest[1:] if rest.startswith(":") else rest
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"expected ':port' after ']' in {value!r}")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        # No colon, or a bare IPv6 address without brackets: no port given.
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"missing host in {value!r}")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"missing port in {value!r} (expected host:port)")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"invalid port {port_text!r} in {value!r}")
+    return host, int(port_text)
+
+
+class ServerConfig(FrozenModel):
+    """The SMTP front."""
+
+    listen: str = "127.0.0.1:10025"
+    hostname: str = ""
+    max_message_size: PositiveInt = 25 * 1024 * 1024
+    max_connections: PositiveInt = 200
+    max_connections_per_ip: PositiveInt = 20
+    max_recipients: PositiveInt = 100
+    max_line_length: Annotated[int, Field(ge=1000)] = 4096
+    command_timeout: PositiveFloat = 300.0
+    data_timeout: PositiveFloat = 600.0
+    shutdown_grace: Annotated[float, Field(ge=0)] = 30.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    require_tls: bool = False
+    bare_newline: Literal["normalize", "reject"] = "normalize"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """The (host, port) pair to bind."""
+        return parse_hostport(self.listen)
+
+
+class BackendConfig(FrozenModel):
+    """Where accepted mail goes: an SMTP server (before-queue proxy) or a local maildir."""
+
+    kind: Literal["smtp", "maildir"] = "maildir"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    starttls: bool = False
+    verify_tls: bool = True
+    helo: str = ""
+    connect_timeout: PositiveFloat = 10.0
+    command_timeout: PositiveFloat = 30.0
+    data_timeout: PositiveFloat = 120.0
+    path: Path = Path("var/maildir")
+
+
+class StoreConfig(FrozenModel):
+    """Security events and quarantine."""
+
+    path: Path = Path("var/store")
+    jsonl: Path | None = None
+
+    @property
+    def database(self) -> Path:
+        """The SQLite file of events and the quarantine index."""
+        return self.path / "events.sqlite3"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where quarantined message bytes live."""
+        return self.path / "quarantine"
+
+
+class PolicyConfig(FrozenModel):
+    """Score thresholds, forced actions and the scores file."""
+
+    tag: float = 5.0
+    quarantine: float = 10.0
+    reject: float = 15.0
+    scores_file: Path = DEFAULT_SCORES
+    force: dict[str, Action] = Field(default_factory=dict)
+    add_headers: bool = True
+
+    @field_validator("force")
+    @classmethod
+    def _check_force(cls, value: dict[str, Action]) -> dict[str, Action]:
+        for symbol in value:
+            if not symbol.replace("_", "").isalnum() or symbol.upper() != symbol:
+                raise ValueError(f"symbol {symbol!r} must be UPPER_SNAKE")
+        return value
+
+
+class CheckConfig(FrozenModel):
+    """Settings every check has; a check subclasses this to declare its own keys."""
+
+    enabled: bool = True
+    timeout: PositiveFloat = 10.0
+    on_error: Literal["tempfail", "accept", "quarantine"] = "tempfail"
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILMOAT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+    toml_path: ClassVar[Path | None] = None
+
+    server: ServerConfig = ServerConfig()
+    backend: BackendConfig = BackendConfig()
+    store: StoreConfig = StoreConfig()
+    policy: PolicyConfig = PolicyConfig()
+    checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_path))
+        return tuple(sources)
+
+    def check_section(self, name: str) -> dict[str, Any]:
+        """The raw ``[checks.NAME]`` table, validated later by the check itself."""
+        return dict(self.checks.get(name, {}))
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read the TOML file (if any) and the environment; raise ConfigError naming the bad key."""
+    origin = str(path) if path is not None else "embedded defaults"
+    toml_path: Path | None = None
+    if path is not None:
+        toml_path = Path(path)
+        try:
+            # Parse once ourselves so a syntax error is reported with its line and column.
+            with toml_path.open("rb") as handle:
+                tomllib.load(handle)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{toml_path}: no such config file") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{toml_path}: TOML syntax error: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{toml_path}: cannot read: {exc.strerror}") from exc
+    settings_cls = type("FileSettings", (Settings,), {"toml_path": toml_path})
+    try:
+        settings: Settings = settings_cls()
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from exc
+    _check_cross_fields(settings, origin)
+    return settings
+
+
+def _check_cross_fields(settings: Settings, origin: str) -> None:
+    server = settings.server
+    if (server.tls_cert is None) != (server.tls_key is None):
+        raise ConfigError(f"{origin}: server.tls_cert and server.tls_key must be set together")
+    if server.require_tls and server.tls_cert is None:
+        raise ConfigError(f"{origin}: server.require_tls needs server.tls_cert and tls_key")
+    policy = settings.policy
+    if not policy.tag <= policy.quarantine <= policy.reject:
+        raise ConfigError(
+            f"{origin}: policy thresholds must satisfy tag <= quarantine <= reject "
+            f"(got {policy.tag}, {policy.quarantine}, {policy.reject})"
+        )
+    host, _ = server.listen_address
+    if host not in ("localhost", "*"):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: server.listen: {host!r} is not an IP address") from exc
+
+
+def load_scores(path: Path) -> dict[str, tuple[float, str]]:
+    """Read ``SYMBOL = {weight, description}`` entries from a scores file."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such scores file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
+    scores: dict[str, tuple[float, str]] = {}
+    for symbol, entry in data.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("weight"), int | float):
+            raise ConfigError(
+                f"{path}: {symbol}: expected {{weight = <number>, description = ...}}"
+            )
+        unknown = set(entry) - {"weight", "description"}
+        if unknown:
+            raise ConfigError(f"{path}: {symbol}: unknown keys {sorted(unknown)}")
+        scores[symbol] = (float(entry["weight"]), str(entry.get("description", "")))
+    return scores

@@ -1,0 +1,53 @@
+"""ScanContext: what a check sees of one message (envelope, parsed message, ids)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from gateway.message import ParsedMessage
+
+
+def new_connection_id() -> str:
+    """A short, time-ordered, unguessable id for one SMTP connection."""
+    return f"{int(time.time()):08x}{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The SMTP transaction as the client presented it."""
+
+    id: str
+    raw: bytes
+    mail_from: str
+    rcpts: tuple[str, ...]
+    client_ip: str = ""
+    client_port: int = 0
+    helo: str = ""
+    tls: str = ""
+    mail_options: tuple[str, ...] = ()
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def declared_8bitmime(self) -> bool:
+        """The client sent BODY=8BITMIME (RFC 6152)."""
+        return "BODY=8BITMIME" in (opt.upper() for opt in self.mail_options)
+
+    @property
+    def smtputf8(self) -> bool:
+        """The client sent the SMTPUTF8 parameter (RFC 6531)."""
+        return "SMTPUTF8" in (opt.upper() for opt in self.mail_options)
+
+
+@dataclass(frozen=True)
+class ScanContext:
+    """An envelope and its message, parsed once on first use and shared by all checks."""
+
+    envelope: Envelope
+
+    @cached_property
+    def message(self) -> ParsedMessage:
+        """The parsed message (parsed once, on first use)."""
+        return ParsedMessage.parse(self.envelope.raw)

@@ -1,0 +1,63 @@
+"""Headers Mailmoat adds on delivery, after removing any a sender forged."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gateway.message import iter_header_fields, split_header_block
+from gateway.types import Action, Verdict
+
+# Headers we own: a copy arriving from outside is a forgery and is removed before we add ours.
+OWN_HEADERS = frozenset(
+    {
+        b"x-mailmoat-score",
+        b"x-mailmoat-action",
+        b"x-mailmoat-symbols",
+        b"x-mailmoat-id",
+        b"x-spam-flag",
+    }
+)
+_MAX_SYMBOLS_HEADER = 900
+
+
+def strip_headers(raw: bytes, names: Iterable[bytes]) -> bytes:
+    """Remove every field whose lower-cased name is in ``names``; the body is untouched."""
+    drop = {n.lower() for n in names}
+    block, body = split_header_block(raw)
+    kept = [
+        text for name, text in iter_header_fields(block) if name is None or name.lower() not in drop
+    ]
+    return b"".join(kept) + body
+
+
+def verdict_headers(verdict: Verdict, event_id: str) -> list[tuple[str, str]]:
+    """The X-Mailmoat-* fields describing a verdict (X-Spam-Flag when tagged)."""
+    symbols = ", ".join(f"{s.name}({s.score:g})" for s in verdict.symbols)
+    if len(symbols) > _MAX_SYMBOLS_HEADER:
+        symbols = symbols[:_MAX_SYMBOLS_HEADER].rsplit(",", 1)[0] + ", ..."
+    fields = [
+        ("X-Mailmoat-Id", event_id),
+        ("X-Mailmoat-Score", f"{verdict.score:g}"),
+        ("X-Mailmoat-Action", verdict.action.value),
+        ("X-Mailmoat-Symbols", symbols or "none"),
+    ]
+    if verdict.action is Action.TAG:
+        fields.append(("X-Spam-Flag", "YES"))
+    return fields
+
+
+def fold(name: str, value: str) -> bytes:
+    """One header field, folded at commas to stay under 78 characters a line (RFC 5322 2.2.3)."""
+    value = value.replace("\r", " ").replace("\n", " ")
+    lines: list[str] = [f"{name}: "]
+    for word in value.split(" "):
+        if len(lines[-1]) + len(word) > 76 and lines[-1].strip() not in ("", f"{name}:"):
+            lines.append(" ")
+        lines[-1] += word + " "
+    return "\r\n".join(line.rstrip() for line in lines).encode("utf-8") + b"\r\n"
+
+
+def stamp(raw: bytes, verdict: Verdict, event_id: str) -> bytes:
+    """Remove forged copies of our headers and prepend ours."""
+    clean = strip_headers(raw, OWN_HEADERS)
+    return b"".join(fold(n, v) for n, v in verdict_headers(verdict, event_id)) + clean

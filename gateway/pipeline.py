@@ -1,0 +1,134 @@
+"""Run the enabled checks on one message, concurrently and bounded in time, into a verdict."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.checks import REGISTRY
+from gateway.checks.base import Check
+from gateway.config import Settings, load_scores
+from gateway.context import ScanContext
+from gateway.errors import ConfigError, NotConfigured
+from gateway.policy.verdict import Policy
+from gateway.types import Finding, Status, Verdict
+
+log = logging.getLogger(__name__)
+
+PARSE_IN_THREAD_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """A verdict and how long each check took."""
+
+    verdict: Verdict
+    timings_ms: dict[str, float]
+
+
+def build_checks(settings: Settings) -> list[Check]:
+    """Instantiate every enabled check of the registry, in registry order."""
+    checks: list[Check] = []
+    known = {cls.name for cls in REGISTRY}
+    for name in settings.checks:
+        if name not in known:
+            raise ConfigError(f"checks.{name}: no such check (known: {sorted(known)})")
+    for cls in REGISTRY:
+        try:
+            checks.append(cls.from_config(settings.check_section(cls.name)))
+        except NotConfigured as reason:
+            log.info("disabled check %s: %s", cls.name, reason)
+    log.info("enabled checks: %s", [c.name for c in checks])
+    return checks
+
+
+class Pipeline:
+    """The checks and the policy in service; replaced whole on reload."""
+
+    def __init__(self, checks: Sequence[Check], policy: Policy) -> None:
+        self.checks = tuple(checks)
+        self.policy = policy
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pipeline:
+        """Build checks and policy; raise ConfigError on any invalid part."""
+        checks = build_checks(settings)
+        scores = load_scores(settings.policy.scores_file)
+        for check in checks:
+            for symbol in check.symbols:
+                if symbol not in scores:
+                    log.warning(
+                        "symbol %s of check %s has no score; it weighs 0", symbol, check.name
+                    )
+        policy = Policy(
+            config=settings.policy,
+            weights={symbol: weight for symbol, (weight, _) in scores.items()},
+            on_error={check.name: check.config.on_error for check in checks},
+        )
+        return cls(checks, policy)
+
+    async def scan(self, ctx: ScanContext) -> ScanResult:
+        """Run every check concurrently; a failing or slow check becomes an ERROR finding."""
+        envelope = ctx.envelope
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        # Parse once, up front, so no check pays for it and none parses again. A big message
+        # is parsed in a thread so other sessions are not stalled meanwhile.
+        if len(envelope.raw) > PARSE_IN_THREAD_BYTES:
+            await asyncio.to_thread(getattr, ctx, "message")
+        else:
+            _ = ctx.message
+        timings["parse"] = round((time.perf_counter() - started) * 1000, 3)
+        results: dict[str, Sequence[Finding]] = {}
+        async with asyncio.TaskGroup() as group:
+            for check in self.checks:
+                group.create_task(self._run_one(check, ctx, results, timings))
+        findings = [f for check in self.checks for f in results.get(check.name, ())]
+        return ScanResult(self.policy.decide(findings), timings)
+
+    async def _run_one(
+        self,
+        check: Check,
+        ctx: ScanContext,
+        results: dict[str, Sequence[Finding]],
+        timings: dict[str, float],
+    ) -> None:
+        started = time.perf_counter()
+        error_symbol = f"{check.name.upper()}_ERROR"
+        try:
+            async with asyncio.timeout(check.config.timeout):
+                results[check.name] = await check.run(ctx)
+        except TimeoutError:
+            log.warning(
+                "check %s timed out after %ss on %s",
+                check.name,
+                check.config.timeout,
+                ctx.envelope.id,
+            )
+            results[check.name] = [
+                Finding(check.name, error_symbol, Status.ERROR, {"error": "timeout"})
+            ]
+        except Exception as exc:
+            # A bug or an outage in one check must not crash the message: record and go on.
+            log.exception("check %s failed on %s", check.name, ctx.envelope.id)
+            results[check.name] = [
+                Finding(
+                    check.name,
+                    error_symbol,
+                    Status.ERROR,
+                    {"error": f"{type(exc).__name__}: {exc}"[:300]},
+                )
+            ]
+        finally:
+            timings[check.name] = round((time.perf_counter() - started) * 1000, 3)
+
+    async def aclose(self) -> None:
+        """Close every check."""
+        for check in self.checks:
+            try:
+                await check.aclose()
+            except Exception:
+                log.exception("closing check %s failed", check.name)

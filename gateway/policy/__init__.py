@@ -1,0 +1,1 @@
+"""Decision: from findings to a verdict (detection lives in checks/)."""

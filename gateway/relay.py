@@ -1,0 +1,299 @@
+"""Backends: an SMTP session mirrored step by step (before-queue), or local maildir delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from gateway.config import BackendConfig
+from gateway.errors import RelayError
+
+log = logging.getLogger(__name__)
+
+_SAFE_MAILBOX = re.compile(r"[^a-z0-9._+@-]")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply from the backend."""
+
+    code: int
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        """A 2xx reply."""
+        return 200 <= self.code < 300
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+class BackendSession(Protocol):
+    """One transaction stream to the backend; RelayError means 'unreachable or lost'."""
+
+    async def mail(self, sender: str, options: Sequence[str]) -> Reply: ...
+    async def rcpt(self, recipient: str) -> Reply: ...
+    async def data(self, message: bytes) -> Reply: ...
+    async def rset(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """A factory of backend sessions."""
+
+    def session(self) -> BackendSession: ...
+
+
+# --- SMTP -----------------------------------------------------------------------------
+
+
+class SmtpBackend:
+    """Relay to an SMTP server (Postfix, Dovecot, Exchange...) with aiosmtplib."""
+
+    def __init__(self, config: BackendConfig, local_hostname: str) -> None:
+        self.config = config
+        self.local_hostname = config.helo or local_hostname
+
+    def session(self) -> SmtpBackendSession:
+        return SmtpBackendSession(self)
+
+
+class SmtpBackendSession:
+    """A backend connection, opened at the first MAIL and reused for the client's session."""
+
+    def __init__(self, backend: SmtpBackend) -> None:
+        self.backend = backend
+        self.client: aiosmtplib.SMTP | None = None
+        self.encoding = "ascii"
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        if self.client is not None and self.client.is_connected:
+            return self.client
+        cfg = self.backend.config
+        tls_context: ssl.SSLContext | None = None
+        if cfg.starttls:
+            tls_context = ssl.create_default_context()
+            if not cfg.verify_tls:
+                # Operator's explicit choice for a backend with a self-signed certificate.
+                tls_context.check_hostname = False
+                tls_context.verify_mode = ssl.CERT_NONE
+        client = aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            local_hostname=self.backend.local_hostname,
+            timeout=cfg.connect_timeout,
+            start_tls=cfg.starttls,
+            tls_context=tls_context,
+        )
+        try:
+            await client.connect()
+            await client.ehlo()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            raise RelayError(f"backend {cfg.host}:{cfg.port}: {exc}") from exc
+        self.client = client
+        return client
+
+    async def _call(self, name: str, call: Awaitable[aiosmtplib.SMTPResponse]) -> Reply:
+        """Await one command; error replies are returned to be mirrored, failures raised."""
+        try:
+            response = await call
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421 or exc.code < 0:
+                # The backend is closing the session: a temporary failure, not a verdict.
+                await self.close()
+                raise RelayError(f"backend closed the session: {exc.code} {exc.message}") from exc
+            return Reply(exc.code, exc.message)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self.close()
+            raise RelayError(f"backend {name} failed: {exc!r}") from exc
+        return Reply(response.code, response.message)
+
+    def _connected(self) -> aiosmtplib.SMTP:
+        if self.client is None or not self.client.is_connected:
+            raise RelayError("backend connection is closed")
+        return self.client
+
+    async def mail(self, sender: str, options: Sequence[str]) -> Reply:
+        client = await self._connect()
+        forwarded: list[str] = []
+        wanted = {opt.upper() for opt in options}
+        if "BODY=8BITMIME" in wanted and client.supports_extension("8BITMIME"):
+            forwarded.append("BODY=8BITMIME")
+        if "SMTPUTF8" in wanted:
+            if not client.supports_extension("SMTPUTF8"):
+                return Reply(553, "5.6.7 The mail store does not support SMTPUTF8")
+            forwarded.append("SMTPUTF8")
+        self.encoding = "utf-8" if "SMTPUTF8" in forwarded else "ascii"
+        timeout = self.backend.config.command_timeout
+        return await self._call(
+            "MAIL", client.mail(sender, options=forwarded, encoding=self.encoding, timeout=timeout)
+        )
+
+    async def rcpt(self, recipient: str) -> Reply:
+        client = self._connected()
+        timeout = self.backend.config.command_timeout
+        return await self._call(
+            "RCPT", client.rcpt(recipient, encoding=self.encoding, timeout=timeout)
+        )
+
+    async def data(self, message: bytes) -> Reply:
+        # aiosmtplib turns every bare CR and bare LF into CRLF and dot-stuffs lines, so a
+        # smuggled "\n.\n" can never end the data early at the backend (RFC 5321 4.5.2).
+        client = self._connected()
+        timeout = self.backend.config.data_timeout
+        return await self._call("DATA", client.data(message, timeout=timeout))
+
+    async def rset(self) -> None:
+        if self.client is None or not self.client.is_connected:
+            return
+        try:
+            await self.client.rset(timeout=self.backend.config.command_timeout)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            # A session we cannot reset is not reused: the next MAIL reconnects.
+            await self.close()
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is None:
+            return
+        if client.is_connected:
+            try:
+                await client.quit(timeout=2)
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                client.close()
+        else:
+            client.close()
+
+
+# --- Maildir --------------------------------------------------------------------------
+
+
+def mailbox_dirname(recipient: str) -> str:
+    """A safe directory name for a recipient: lower-cased, no separators, no leading dot."""
+    name = _SAFE_MAILBOX.sub("_", recipient.lower())[:200]
+    return "_" + name[1:] if name.startswith(".") else name or "_"
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (POSIX needs the directory fsync'd)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(directory: Path, name: str, data: bytes) -> Path:
+    """Write via a temporary file, fsync it, rename into place, fsync the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{name}.tmp"
+    final = directory / name
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.rename(final)
+    fsync_directory(directory)
+    return final
+
+
+def maildir_deliver(root: Path, recipient: str, message: bytes) -> Path:
+    """Deliver one copy into ``root/<recipient>/new`` following the Maildir protocol."""
+    box = root / mailbox_dirname(recipient)
+    for sub in ("tmp", "new", "cur"):
+        (box / sub).mkdir(parents=True, exist_ok=True)
+    unique = f"{time.time():.6f}.M{os.getpid()}P{os.urandom(6).hex()}.{socket.gethostname()}"
+    tmp = box / "tmp" / unique
+    with tmp.open("wb") as handle:
+        handle.write(b"Delivered-To: " + recipient.encode("utf-8", "replace") + b"\n")
+        handle.write(message.replace(b"\r\n", b"\n"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    final = box / "new" / unique
+    tmp.rename(final)
+    fsync_directory(box / "new")
+    return final
+
+
+class MaildirBackend:
+    """Local delivery into maildirs under one path, fsync'd before the client hears 250."""
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.root = config.path
+
+    def session(self) -> MaildirSession:
+        return MaildirSession(self.root)
+
+
+class MaildirSession:
+    """A maildir 'session': collects recipients, writes one copy per recipient on DATA."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.recipients: list[str] = []
+
+    async def mail(self, sender: str, options: Sequence[str]) -> Reply:
+        self.recipients = []
+        return Reply(250, "2.1.0 OK")
+
+    async def rcpt(self, recipient: str) -> Reply:
+        self.recipients.append(recipient)
+        return Reply(250, "2.1.5 OK")
+
+    async def data(self, message: bytes) -> Reply:
+        try:
+            for recipient in self.recipients:
+                await asyncio.to_thread(maildir_deliver, self.root, recipient, message)
+        except OSError as exc:
+            log.error("maildir delivery under %s failed: %s", self.root, exc)
+            raise RelayError(f"maildir delivery failed: {exc.strerror}") from exc
+        finally:
+            self.recipients = []
+        return Reply(250, "2.0.0 delivered to maildir")
+
+    async def rset(self) -> None:
+        self.recipients = []
+
+    async def close(self) -> None:
+        self.recipients = []
+
+
+def make_backend(config: BackendConfig, local_hostname: str) -> Backend:
+    """The backend named by ``[backend] kind``."""
+    if config.kind == "smtp":
+        return SmtpBackend(config, local_hostname)
+    return MaildirBackend(config)
+
+
+async def deliver(
+    backend: Backend, sender: str, recipients: Sequence[str], message: bytes
+) -> Reply:
+    """Send one message in a fresh session (quarantine release); the first refusal wins."""
+    session = backend.session()
+    try:
+        reply = await session.mail(sender, ["BODY=8BITMIME"])
+        if not reply.ok:
+            return reply
+        accepted = 0
+        last = reply
+        for rcpt in recipients:
+            last = await session.rcpt(rcpt)
+            accepted += last.ok
+        if not accepted:
+            return last
+        return await session.data(message)
+    finally:
+        await session.close()

@@ -1,0 +1,1 @@
+"""The SMTP front: aiosmtpd protocol, proxy handler and listening server."""

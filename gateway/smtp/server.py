@@ -1,0 +1,285 @@
+"""The listening SMTP server: aiosmtpd protocol with our limits, replies and graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import signal
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+from gateway.config import ServerConfig
+from gateway.context import new_connection_id
+from gateway.events import SecurityEvent
+from gateway.relay import Backend, BackendSession
+from gateway.service import Gateway
+from gateway.smtp import replies
+from gateway.smtp.handler import ProxyHandler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    """Connections in service, shared by every protocol instance of one server."""
+
+    draining: bool = False
+    protocols: set[MailmoatSMTP] = field(default_factory=set)
+    per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class MailmoatSMTP(SMTP):
+    """aiosmtpd's SMTP protocol plus connection limits, enhanced replies and drain."""
+
+    def __init__(
+        self,
+        handler: ProxyHandler,
+        state: ServerState,
+        config: ServerConfig,
+        hostname: str,
+        tls_context: ssl.SSLContext | None,
+    ) -> None:
+        # RFC 5321 4.5.3.1.6 counts the CRLF in the line length; +1 for a transparency dot.
+        self.line_length_limit = config.max_line_length + 1
+        super().__init__(
+            handler,
+            data_size_limit=config.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=hostname,
+            ident=replies.S220_GREETING_IDENT,
+            tls_context=tls_context,
+            require_starttls=config.require_tls,
+            timeout=config.command_timeout,
+        )
+        self.state = state
+        self.config = config
+        self.conn_id = new_connection_id()
+        self.seq = 0
+        self.client_ip = ""
+        self.client_port = 0
+        self.refusal: str | None = None
+        self.registered = False
+        self.backend: BackendSession | None = None
+
+    # --- identity and events ---
+
+    def next_event_id(self) -> str:
+        """Connection id plus '.N': one number per event in this connection."""
+        self.seq += 1
+        return f"{self.conn_id}.{self.seq}"
+
+    def tls_description(self) -> str:
+        """Cipher and protocol when STARTTLS is in effect, '' otherwise."""
+        if self.transport is None or self._tls_protocol is None:
+            return ""
+        cipher = self.transport.get_extra_info("cipher")
+        return f"{cipher[1]} {cipher[0]}" if cipher else "tls"
+
+    def backend_session(self, backend: Backend) -> BackendSession:
+        """The backend session of this client connection, created on first use."""
+        if self.backend is None:
+            self.backend = backend.session()
+        return self.backend
+
+    async def close_backend(self) -> None:
+        """Close the backend session, if any."""
+        session, self.backend = self.backend, None
+        if session is not None:
+            await session.close()
+
+    # --- connection accounting ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # STARTTLS calls this again for the TLS transport.
+        super().connection_made(transport)
+        if not first:
+            return
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.client_ip, self.client_port = str(peer[0]), int(peer[1])
+        state, cfg = self.state, self.config
+        if state.draining:
+            self.refusal = replies.S421_SHUTTING_DOWN
+        elif len(state.protocols) >= cfg.max_connections:
+            self.refusal = replies.S421_TOO_MANY_CONNECTIONS
+        elif state.per_ip[self.client_ip] >= cfg.max_connections_per_ip:
+            self.refusal = replies.S421_TOO_MANY_FROM_IP
+        else:
+            state.protocols.add(self)
+            state.per_ip[self.client_ip] += 1
+            self.registered = True
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.registered:
+            self.registered = False
+            self.state.protocols.discard(self)
+            self.state.per_ip[self.client_ip] -= 1
+            if self.state.per_ip[self.client_ip] <= 0:
+                del self.state.per_ip[self.client_ip]
+            if not self.state.protocols:
+                self.state.idle.set()
+        if self.backend is not None:
+            task = self.loop.create_task(self.close_backend())
+            self.state.tasks.add(task)
+            task.add_done_callback(self.state.tasks.discard)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self.refusal is not None:
+            log.warning("refused connection from %s: %s", self.client_ip, self.refusal)
+            handler: ProxyHandler = self.event_handler
+            await handler.gateway.record(
+                SecurityEvent(
+                    id=self.next_event_id(),
+                    kind="connection_refused",
+                    client_ip=self.client_ip,
+                    action="refused",
+                    smtp_reply=self.refusal,
+                )
+            )
+            self.goodbye(self.refusal)
+            return
+        await super()._handle_client()
+
+    # --- replies, timeouts and drain ---
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between MAIL and the reply to DATA."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def goodbye(self, reply: str) -> None:
+        """Send a final reply and close the connection."""
+        if self.transport is None:
+            return
+        self._writer.write(reply.encode("ascii") + b"\r\n")
+        self.transport.close()
+
+    async def push(self, status: str | bytes) -> None:
+        text = replies.translate(status if isinstance(status, str) else status.decode("utf-8"))
+        await super().push(text)
+        if text.startswith("421"):
+            # RFC 5321 3.8: after a 421 the server closes the channel.
+            if self.transport is not None:
+                self.transport.close()
+        elif self.state.draining and not self.in_transaction:
+            self.goodbye(replies.S421_SHUTTING_DOWN)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        # The client gets data_timeout for the whole transfer (a slow drip is cut off).
+        self._reset_timeout(self.config.data_timeout)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            if self.transport is not None:
+                self._reset_timeout()
+
+    def pause_timeout(self) -> None:
+        """Stop the client's idle timer while we scan and relay."""
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+
+    def resume_timeout(self) -> None:
+        """Restart the idle timer for the next command."""
+        if self.transport is not None:
+            self._reset_timeout()
+
+    def _timeout_cb(self) -> None:
+        log.info("%s: timeout, closing", self.conn_id)
+        self.goodbye("421 4.4.2 Timeout, closing connection")
+
+
+class SmtpServer:
+    """Listens, serves, and drains gracefully."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.state = ServerState()
+        self.handler = ProxyHandler(gateway)
+        self.server: asyncio.Server | None = None
+        self.tls_context = _tls_context(gateway.settings.server)
+
+    def _protocol(self) -> MailmoatSMTP:
+        return MailmoatSMTP(
+            self.handler,
+            self.state,
+            self.gateway.settings.server,
+            self.gateway.hostname,
+            self.tls_context,
+        )
+
+    async def start(self) -> tuple[str, int]:
+        """Bind and listen; return the bound address (port 0 picks a free one)."""
+        host, port = self.gateway.settings.server.listen_address
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self._protocol, host=None if host == "*" else host, port=port, reuse_address=True
+        )
+        sockname = self.server.sockets[0].getsockname()
+        log.info("listening on %s:%s", sockname[0], sockname[1])
+        return str(sockname[0]), int(sockname[1])
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop accepting; let transactions in flight finish within the grace period."""
+        grace = self.gateway.settings.server.shutdown_grace if grace is None else grace
+        self.state.draining = True
+        if self.server is not None:
+            self.server.close()
+        for protocol in list(self.state.protocols):
+            if not protocol.in_transaction:
+                protocol.goodbye(replies.S421_SHUTTING_DOWN)
+        if self.state.protocols:
+            self.state.idle.clear()
+            try:
+                async with asyncio.timeout(grace):
+                    await self.state.idle.wait()
+            except TimeoutError:
+                pass
+        for protocol in list(self.state.protocols):
+            log.warning("%s: still busy after %ss grace, closing", protocol.conn_id, grace)
+            protocol.goodbye(replies.S421_SHUTTING_DOWN)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+async def serve(gateway: Gateway, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT (drain, then stop); SIGHUP reloads the pipeline."""
+    server = SmtpServer(gateway)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[Any]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(gateway.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+        log.info("shutting down: draining sessions")
+        await server.drain()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await gateway.aclose()
+        log.info("stopped")
