@@ -57,9 +57,16 @@ class ProxyHandler:
             reply = await backend.mail(address, options)
         except RelayError as exc:
             log.warning("%s: MAIL: %s", server.conn_id, exc)
+            await self._refused_step(
+                server, session, address, (), "mail_deferred", replies.S451_BACKEND_DOWN, str(exc)
+            )
             return replies.S451_BACKEND_DOWN
         if not reply.ok:
-            return mirror(reply)
+            answer = mirror(reply)
+            await self._refused_step(
+                server, session, address, (), "mail_refused", answer, str(reply)
+            )
+            return answer
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return replies.S250_SENDER_OK
@@ -69,7 +76,13 @@ class ProxyHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= self.limits.max_recipients:
             await self._refused_step(
-                server, session, envelope, "rcpt_refused", address, replies.S452_TOO_MANY_RCPTS, ""
+                server,
+                session,
+                envelope.mail_from,
+                (address,),
+                "rcpt_refused",
+                replies.S452_TOO_MANY_RCPTS,
+                "",
             )
             return replies.S452_TOO_MANY_RCPTS
         backend = server.backend_session(self.gateway.backend)
@@ -77,11 +90,20 @@ class ProxyHandler:
             reply = await backend.rcpt(address)
         except RelayError as exc:
             log.warning("%s: RCPT: %s", server.conn_id, exc)
+            await self._refused_step(
+                server,
+                session,
+                envelope.mail_from,
+                (address,),
+                "rcpt_deferred",
+                replies.S451_BACKEND_DOWN,
+                str(exc),
+            )
             return replies.S451_BACKEND_DOWN
         if not reply.ok:
             answer = mirror(reply)
             await self._refused_step(
-                server, session, envelope, "rcpt_refused", address, answer, str(reply)
+                server, session, envelope.mail_from, (address,), "rcpt_refused", answer, str(reply)
             )
             return answer
         envelope.rcpt_tos.append(address)
@@ -222,12 +244,13 @@ class ProxyHandler:
         self,
         server: MailmoatSMTP,
         session: Any,
-        envelope: Any,
+        mail_from: str | None,
+        rcpts: tuple[str, ...],
         kind: str,
-        address: str,
         answer: str,
         backend_reply: str,
     ) -> None:
+        """Record a refused or deferred SMTP step (worth reviewing: probing, outages)."""
         await self.gateway.record(
             SecurityEvent(
                 id=server.next_event_id(),
@@ -235,8 +258,8 @@ class ProxyHandler:
                 client_ip=server.client_ip,
                 helo=session.host_name or "",
                 tls=server.tls_description(),
-                mail_from=envelope.mail_from or "",
-                rcpts=(address,),
+                mail_from=mail_from or "",
+                rcpts=rcpts,
                 action="refused",
                 smtp_reply=answer,
                 backend_reply=backend_reply,

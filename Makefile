@@ -1,0 +1,48 @@
+# Mailmoat: `make run` serves on the embedded defaults, `make test` runs every check.
+# Both set up what is missing on a fresh Debian machine first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed-stamp
+
+.PHONY: run test lint typecheck pytest system-deps venv tls clean
+
+run: venv tls
+	MAILMOAT_SERVER__TLS_CERT=var/tls/cert.pem MAILMOAT_SERVER__TLS_KEY=var/tls/key.pem \
+		$(BIN)/mailmoat serve $(if $(CONFIG),--config $(CONFIG))
+
+test: venv lint typecheck pytest
+	$(BIN)/mailmoat config check --config config/mailmoat.example.toml
+
+system-deps:
+	@scripts/install-system-deps
+
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+tls: var/tls/cert.pem
+
+var/tls/cert.pem:
+	mkdir -p var/tls
+	openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=$$(hostname -f 2>/dev/null || hostname)" \
+		-keyout var/tls/key.pem -out var/tls/cert.pem 2>/dev/null
+	chmod 600 var/tls/key.pem
+
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=85 $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage

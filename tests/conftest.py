@@ -1,0 +1,142 @@
+"""Shared fixtures: a real SMTP sink, a gateway on loopback, config files in tmp dirs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import DEFAULT_SCORES, Settings, load_settings
+from gateway.events import EventFilter, SecurityEvent
+from gateway.service import Gateway
+from gateway.smtp.server import SmtpServer
+from tests.sink import Sink
+
+DATA = Path(__file__).parent / "data"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    server = await Sink().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def config_factory(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config for a gateway in tmp_path relaying to ``backend_port``."""
+
+    def make(backend_port: int | None = None, **sections: dict[str, Any]) -> Path:
+        merged: dict[str, dict[str, Any]] = {
+            "server": {"listen": "127.0.0.1:0", "hostname": "mx.test", "shutdown_grace": 5.0},
+            "backend": (
+                {"kind": "smtp", "host": "127.0.0.1", "port": backend_port}
+                if backend_port is not None
+                else {"kind": "maildir", "path": str(tmp_path / "maildir")}
+            ),
+            "store": {"path": str(tmp_path / "store")},
+            "policy": {"scores_file": str(DEFAULT_SCORES)},
+        }
+        for name, values in sections.items():
+            key = name.replace("__", ".")
+            merged.setdefault(key, {}).update(values)
+        return write_config(tmp_path / "mailmoat.toml", merged)
+
+    return make
+
+
+class RunningGateway:
+    def __init__(self, gateway: Gateway, server: SmtpServer, port: int) -> None:
+        self.gateway = gateway
+        self.server = server
+        self.port = port
+
+    def events(self, **filters: Any) -> list[SecurityEvent]:
+        return self.gateway.store.list(EventFilter(limit=1000, **filters))
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config: Path) -> AsyncIterator[RunningGateway]:
+    settings: Settings = load_settings(config)
+    gateway = Gateway(settings, config)
+    server = SmtpServer(gateway)
+    _, port = await server.start()
+    try:
+        yield RunningGateway(gateway, server, port)
+    finally:
+        await server.drain(grace=1.0)
+        await gateway.aclose()
+
+
+@pytest.fixture
+async def gateway(sink: Sink, config_factory: Callable[..., Path]) -> AsyncIterator[RunningGateway]:
+    async with running_gateway(config_factory(sink.port)) as running:
+        yield running
+
+
+def message(subject: str = "Hello", body: str = "Hi there.\r\n", **headers: str) -> bytes:
+    """A well-formed message (CRLF line endings)."""
+    fields = {
+        "From": "Alice <alice@sender.test>",
+        "To": "bob@example.test",
+        "Subject": subject,
+        "Date": "Sat, 21 Nov 2026 10:00:00 +0000",
+        "Message-ID": "<m1@sender.test>",
+    }
+    fields.update({k.replace("_", "-"): v for k, v in headers.items()})
+    head = "".join(f"{k}: {v}\r\n" for k, v in fields.items() if v is not None)
+    return (head + "\r\n" + body).encode()
+
+
+async def smtp_dialogue(port: int, chunks: list[bytes], timeout: float = 10.0) -> bytes:
+    """Send raw bytes (one chunk per step) and return everything the server answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out = b""
+    try:
+        async with asyncio.timeout(timeout):
+            out += await reader.readline()
+            for chunk in chunks:
+                writer.write(chunk)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            writer.write(b"QUIT\r\n")
+            await writer.drain()
+            out += await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return out
