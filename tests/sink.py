@@ -29,7 +29,7 @@ class SinkHandler:
     async def handle_RCPT(self, server, session, envelope, address, options):
         local = address.split("@")[0].lower()
         if local.startswith("unknown"):
-            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         if local.startswith("busy"):
             return "450 4.2.1 Mailbox busy, try again"
         envelope.rcpt_tos.append(address)

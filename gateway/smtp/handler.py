@@ -23,6 +23,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+# RFC 5321 4.5.3.1.3: a path is at most 256 octets; control characters never belong in one.
+_BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f]")
+MAX_PATH = 256
+
+
+def valid_address(address: str) -> bool:
+    """An address fit to pass to the backend: bounded, and no control characters."""
+    return len(address) <= MAX_PATH and not _BAD_ADDRESS.search(address)
+
+
+def reverse_path(address: str | None) -> str:
+    """aiosmtpd reports the null reverse-path as '<>'; the backend and events use ''."""
+    return "" if address in (None, "<>") else address
 
 
 def mirror(reply: Reply) -> str:
@@ -52,9 +65,20 @@ class ProxyHandler:
     ) -> str:
         if server.state.draining:
             return replies.S421_SHUTTING_DOWN
+        if not valid_address(address):
+            return replies.S553_BAD_ADDRESS
+        server.mail_pending = True  # a drain waits for a transaction from its MAIL on
+        try:
+            return await self._mail(server, session, envelope, address, options)
+        finally:
+            server.mail_pending = False
+
+    async def _mail(
+        self, server: MailmoatSMTP, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
         backend = server.backend_session(self.gateway.backend)
         try:
-            reply = await backend.mail(address, options)
+            reply = await backend.mail(reverse_path(address), options)
         except RelayError as exc:
             log.warning("%s: MAIL: %s", server.conn_id, exc)
             await self._refused_step(
@@ -85,6 +109,8 @@ class ProxyHandler:
                 "",
             )
             return replies.S452_TOO_MANY_RCPTS
+        if not valid_address(address):
+            return replies.S553_BAD_ADDRESS
         backend = server.backend_session(self.gateway.backend)
         try:
             reply = await backend.rcpt(address)
@@ -127,7 +153,7 @@ class ProxyHandler:
         env = Envelope(
             id=event_id,
             raw=raw,
-            mail_from=envelope.mail_from or "",
+            mail_from=reverse_path(envelope.mail_from),
             rcpts=tuple(envelope.rcpt_tos),
             client_ip=server.client_ip,
             client_port=server.client_port,
@@ -258,7 +284,7 @@ class ProxyHandler:
                 client_ip=server.client_ip,
                 helo=session.host_name or "",
                 tls=server.tls_description(),
-                mail_from=mail_from or "",
+                mail_from=reverse_path(mail_from),
                 rcpts=rcpts,
                 action="refused",
                 smtp_reply=answer,

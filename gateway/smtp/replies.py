@@ -24,6 +24,7 @@ S550_REJECTED = "550 5.7.1 Message rejected by policy [{id}]"
 S550_BARE_NEWLINE = "550 5.5.2 Bare CR or LF in message data (RFC 5321 2.3.8) [{id}]"
 S552_TOO_BIG = "552 5.3.4 Message size exceeds the limit of {limit} bytes"
 S553_NO_SMTPUTF8 = "553 5.6.7 The mail store does not support SMTPUTF8"
+S553_BAD_ADDRESS = "553 5.1.3 Malformed address"
 
 # aiosmtpd's own replies that lack an enhanced status code or leak internals, and ours.
 _TRANSLATIONS = {
@@ -39,20 +40,47 @@ _TRANSLATIONS = {
     "503 Error: need MAIL command": "503 5.5.1 Need MAIL command",
     "503 Error: need RCPT command": "503 5.5.1 Need RCPT command",
     "503 Error: nested MAIL command": "503 5.5.1 Nested MAIL command",
-    "553 5.1.3 Error: malformed address": "553 5.1.3 Malformed address",
+    "553 5.1.3 Error: malformed address": S553_BAD_ADDRESS,
     "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
 }
 _ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+# Enhanced codes for aiosmtpd's other stock replies, by reply code (RFC 3463).
+_DEFAULT_ENHANCED = {
+    "250": "2.0.0",
+    "252": "2.0.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.7.0",
+    "555": "5.5.4",
+}
+_STOCK = re.compile(r"^(\d{3}) (?:Error: )?(.*)$")
+
+
 def translate(status: str) -> str:
-    """Give aiosmtpd's stock replies an enhanced status code and no internals."""
+    """Give aiosmtpd's stock replies an enhanced status code and no internals.
+
+    The greeting, 354, and EHLO lines are left alone (RFC 2034 exempts them).
+    """
     if status in _TRANSLATIONS:
         return _TRANSLATIONS[status]
-    if status.startswith("552 ") and "size" in status:
+    if status == "250 HELP" or "\r\n" in status or has_enhanced_code(status):
+        return status
+    match = _STOCK.match(status)
+    if match is None or match.group(1) not in _DEFAULT_ENHANCED:
+        return status
+    code, text = match.groups()
+    if code == "552":
         return "552 5.3.4 Message size exceeds the limit"
-    return status
+    return f"{code} {_DEFAULT_ENHANCED[code]} {text}"
 
 
 def format_reply(code: int, text: str) -> str:

@@ -67,6 +67,7 @@ class MailmoatSMTP(SMTP):
         self.refusal: str | None = None
         self.registered = False
         self.backend: BackendSession | None = None
+        self.mail_pending = False
 
     # --- identity and events ---
 
@@ -151,12 +152,14 @@ class MailmoatSMTP(SMTP):
 
     @property
     def in_transaction(self) -> bool:
-        """Between MAIL and the reply to DATA."""
-        return self.envelope is not None and self.envelope.mail_from is not None
+        """From the start of MAIL to the reply to DATA."""
+        return self.mail_pending or (
+            self.envelope is not None and self.envelope.mail_from is not None
+        )
 
     def goodbye(self, reply: str) -> None:
         """Send a final reply and close the connection."""
-        if self.transport is None:
+        if self.transport is None or self.transport.is_closing():
             return
         self._writer.write(reply.encode("ascii") + b"\r\n")
         self.transport.close()

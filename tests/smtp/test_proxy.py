@@ -149,7 +149,9 @@ async def test_reject_gives_5xx_and_tempfail_gives_4xx(sink, config_factory):
 async def test_quarantined_message_is_released_and_arrives(sink, config_factory):
     config = config_factory(sink.port, policy={"force": {"HDR_MISSING_MESSAGE_ID": "quarantine"}})
     async with running_gateway(config) as gw:
-        _, reply = await send(gw.port, "a@sender.test", ["bob@example.test"], message(Message_ID=None))
+        _, reply = await send(
+            gw.port, "a@sender.test", ["bob@example.test"], message(Message_ID=None)
+        )
         assert reply.startswith("2.0.0 OK: queued as") or "queued as" in reply
         assert sink.messages == []
         [entry] = gw.gateway.quarantine.list()
@@ -184,10 +186,10 @@ async def test_oversized_data_gets_552(sink, config_factory):
     async with running_gateway(config) as gw:
         big = message(body="x" * 70 + "\r\n") + b"y" * 70 * 200 + b"\r\n"
         big = big.replace(b"y" * 70, b"y" * 69 + b"\r\n")
-        with pytest.raises(aiosmtplib.SMTPResponseException) as failed:
-            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, timeout=10) as client:
-                await client.mail("a@sender.test")
-                await client.rcpt("bob@example.test")
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, timeout=10) as client:
+            await client.mail("a@sender.test")
+            await client.rcpt("bob@example.test")
+            with pytest.raises(aiosmtplib.SMTPResponseException) as failed:
                 await client.data(big)
         assert failed.value.code == 552
         assert "5.3.4" in failed.value.message
@@ -212,7 +214,9 @@ async def test_malformed_message_gets_a_verdict_not_a_crash(gateway, sink):
     garbage = (
         b"this is not a header\r\n"
         b"Content-Type: multipart/mixed; boundary=\r\n"
-        b"\xff\xfe\x00\x01 binary\r\n\r\n--\r\n--x--\r\n" + bytes(range(1, 256)).replace(b"\n", b"") + b"\r\n"
+        b"\xff\xfe\x00\x01 binary\r\n\r\n--\r\n--x--\r\n"
+        + bytes(range(1, 256)).replace(b"\n", b"")
+        + b"\r\n"
     )
     _, reply = await send(gateway.port, "a@sender.test", ["bob@example.test"], garbage)
     assert "queued as" in reply
@@ -300,7 +304,12 @@ async def test_slow_data_is_cut_off(sink, config_factory):
     async with running_gateway(config_factory(sink.port, server={"data_timeout": 0.5})) as gw:
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         await reader.readline()
-        for cmd in (b"EHLO c\r\n", b"MAIL FROM:<a@sender.test>\r\n", b"RCPT TO:<b@example.test>\r\n", b"DATA\r\n"):
+        for cmd in (
+            b"EHLO c\r\n",
+            b"MAIL FROM:<a@sender.test>\r\n",
+            b"RCPT TO:<b@example.test>\r\n",
+            b"DATA\r\n",
+        ):
             writer.write(cmd)
         writer.write(b"Subject: slow\r\n")
         rest = await asyncio.wait_for(reader.read(), 5)
