@@ -26,6 +26,9 @@ S552_TOO_BIG = "552 5.3.4 Message size exceeds the limit of {limit} bytes"
 S553_NO_SMTPUTF8 = "553 5.6.7 The mail store does not support SMTPUTF8"
 S553_BAD_ADDRESS = "553 5.1.3 Malformed address"
 
+# Replies with which aiosmtpd refuses message data before our handler sees it.
+DATA_REFUSALS = ("552 5.3.4", "500 5.5.2 Line too long")
+
 # aiosmtpd's own replies that lack an enhanced status code or leak internals, and ours.
 _TRANSLATIONS = {
     "250 OK": S250_OK,

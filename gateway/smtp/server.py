@@ -167,6 +167,18 @@ class MailmoatSMTP(SMTP):
     async def push(self, status: str | bytes) -> None:
         text = replies.translate(status if isinstance(status, str) else status.decode("utf-8"))
         await super().push(text)
+        if text.startswith(replies.DATA_REFUSALS):
+            # aiosmtpd refused the data itself (too big, line too long): worth an event.
+            await self.event_handler.gateway.record(
+                SecurityEvent(
+                    id=self.next_event_id(),
+                    kind="data_refused",
+                    client_ip=self.client_ip,
+                    helo=self.session.host_name or "" if self.session else "",
+                    action="refused",
+                    smtp_reply=text,
+                )
+            )
         if text.startswith("421"):
             # RFC 5321 3.8: after a 421 the server closes the channel.
             if self.transport is not None:

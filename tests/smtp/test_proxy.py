@@ -199,6 +199,9 @@ async def test_oversized_data_gets_552(sink, config_factory):
         )
         assert b"250-SIZE 10000" in answer
         assert b"552 5.3.4" in answer
+        # One event for the oversized DATA, one for the oversized SIZE= at MAIL.
+        refusals = gw.events(kind="data_refused")
+        assert [e.smtp_reply[:9] for e in refusals] == ["552 5.3.4", "552 5.3.4"]
     assert sink.messages == []
 
 

@@ -1,0 +1,167 @@
+"""The mailmoat command: scan output format, config check, events and quarantine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.events import SecurityEvent, SqliteStore
+from gateway.quarantine import Quarantine
+from tests.checks.golden import MESSAGES
+from tests.conftest import write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_scan_json_format_is_stable(capsys):
+    assert main(["scan", "--json", "--mail-from", "a@sender.test", str(MESSAGES)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_file = {Path(r["file"]).name: r for r in lines}
+    assert "clean.eml" in by_file
+    record = by_file["missing-headers.eml"]
+    assert set(record) == {"file", "action", "score", "reason", "symbols", "timings_ms"}
+    assert record["action"] == "tag"
+    assert record["score"] == 5.0
+    assert {"name", "score", "details"} <= set(record["symbols"][0])
+    assert {"parse", "protocol", "headers"} <= set(record["timings_ms"])
+
+
+def test_scan_strips_mbox_from_line_and_prints_text(tmp_path, capsys):
+    path = tmp_path / "one.eml"
+    path.write_bytes(
+        b"From someone@x Sat Jan  1 00:00:00 2002\n" + (MESSAGES / "clean.eml").read_bytes()
+    )
+    assert main(["scan", "--mail-from", "a@sender.test", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: accept score=0" in out
+    assert "timings:" in out
+
+
+def test_scan_reports_unreadable_files(tmp_path, capsys):
+    assert main(["scan", str(tmp_path / "missing.eml")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_config_check_ok_and_error(tmp_path, capsys):
+    assert (
+        main(["config", "check", "--config", str(ROOT / "config" / "mailmoat.example.toml")]) == 0
+    )
+    assert "checks   protocol, headers" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nmax_connections = -3\n")
+    assert main(["config", "check", "--config", str(bad)]) == 2
+    assert "server.max_connections" in capsys.readouterr().err
+
+
+@pytest.fixture
+def store_config(tmp_path):
+    config = write_config(
+        tmp_path / "c.toml",
+        {
+            "store": {"path": str(tmp_path / "store")},
+            "backend": {"kind": "maildir", "path": str(tmp_path / "maildir")},
+        },
+    )
+    store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+    store.add(
+        SecurityEvent(
+            id="0000000000000001.1",
+            kind="message",
+            action="reject",
+            mail_from="eve@evil.test",
+            subject="Win",
+            symbols=({"name": "HDR_MISSING_FROM", "score": 3.0, "details": {}},),
+        )
+    )
+    store.add(
+        SecurityEvent(
+            id="0000000000000002.1",
+            kind="message",
+            action="accept",
+            mail_from="alice@sender.test",
+            subject="Lunch",
+        )
+    )
+    Quarantine(tmp_path / "store" / "quarantine", store).hold(
+        "0000000000000003.1",
+        "q@sender.test",
+        ("bob@example.test",),
+        "Held",
+        11.0,
+        "score 11",
+        b"Subject: Held\r\n\r\nbody\r\n",
+    )
+    store.close()
+    return config
+
+
+def test_events_list_and_show(store_config, capsys):
+    assert main(["events", "list", "--config", str(store_config), "--action", "reject"]) == 0
+    out = capsys.readouterr().out
+    assert "0000000000000001.1" in out
+    assert "0000000000000002.1" not in out
+    assert (
+        main(
+            [
+                "events",
+                "list",
+                "--config",
+                str(store_config),
+                "--json",
+                "--symbol",
+                "HDR_MISSING_FROM",
+            ]
+        )
+        == 0
+    )
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["subject"] == "Win"
+    assert main(["events", "show", "--config", str(store_config), "0000000000000001.1"]) == 0
+    out = capsys.readouterr().out
+    assert "HDR_MISSING_FROM" in out
+    assert "eve@evil.test" in out
+    assert main(["events", "show", "--config", str(store_config), "../../etc/passwd"]) == 1
+    assert "invalid id" in capsys.readouterr().err
+    assert main(["events", "list", "--config", str(store_config), "--since", "soon"]) == 2
+
+
+def test_quarantine_commands(store_config, tmp_path, capsys):
+    cfg = str(store_config)
+    assert main(["quarantine", "list", "--config", cfg]) == 0
+    assert "0000000000000003.1" in capsys.readouterr().out
+    assert main(["quarantine", "show", "--config", cfg, "0000000000000003.1"]) == 0
+    assert json.loads(capsys.readouterr().out)["subject"] == "Held"
+    assert main(["quarantine", "release", "--config", cfg, "0000000000000003.1"]) == 0
+    assert "released" in capsys.readouterr().out
+    [delivered] = (tmp_path / "maildir" / "bob@example.test" / "new").iterdir()
+    assert b"Subject: Held" in delivered.read_bytes()
+    assert main(["quarantine", "release", "--config", cfg, "0000000000000003.1"]) == 1
+    assert "released, not held" in capsys.readouterr().err
+    assert main(["quarantine", "list", "--config", cfg, "--all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "released"
+    assert main(["events", "list", "--config", cfg, "--kind", "quarantine_release"]) == 0
+    assert "release" in capsys.readouterr().out
+
+
+def test_quarantine_delete(store_config, capsys):
+    cfg = str(store_config)
+    assert main(["quarantine", "delete", "--config", cfg, "0000000000000003.1"]) == 0
+    assert capsys.readouterr().out == "deleted 0000000000000003.1\n"
+    assert main(["quarantine", "list", "--config", cfg]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_console_script_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert out.stdout.startswith("mailmoat ")

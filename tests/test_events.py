@@ -1,0 +1,110 @@
+"""The SQLite event store: round trip, filters, id validation, JSON lines."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from gateway.errors import UnknownIdError
+from gateway.events import (
+    EventFilter,
+    EventRecorder,
+    JsonLinesSink,
+    SecurityEvent,
+    SqliteStore,
+    parse_time,
+    validate_id,
+)
+
+
+def event(n, **kw):
+    fields = dict(
+        id=f"{n:016x}.1",
+        kind="message",
+        time=1_700_000_000 + n,
+        mail_from="Alice@Sender.test",
+        action="accept",
+        score=1.0,
+        symbols=({"name": "HDR_MISSING_DATE", "score": 1.0, "details": {}},),
+    )
+    fields.update(kw)
+    return SecurityEvent(**fields)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteStore(tmp_path / "events.sqlite3")
+    yield s
+    s.close()
+
+
+def test_round_trip_and_schema(store):
+    original = event(1, rcpts=("b@x.test",), timings_ms={"parse": 0.5}, subject="Ünïcode")
+    store.add(original)
+    assert store.get(original.id) == original
+    assert original.to_dict()["schema"] == 1
+    mode = store.db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_filters(store):
+    store.add(event(1))
+    store.add(
+        event(
+            2,
+            action="reject",
+            mail_from="eve@evil.test",
+            symbols=({"name": "HDR_DUPLICATE", "score": 2.0, "details": {}},),
+        )
+    )
+    store.add(event(3, kind="rcpt_refused", action="refused"))
+    assert [e.id for e in store.list(EventFilter())] == [event(3).id, event(2).id, event(1).id]
+    assert [e.id for e in store.list(EventFilter(action="reject"))] == [event(2).id]
+    assert [e.id for e in store.list(EventFilter(sender="EVE@evil.test"))] == [event(2).id]
+    assert [e.id for e in store.list(EventFilter(symbol="HDR_DUPLICATE"))] == [event(2).id]
+    assert [e.id for e in store.list(EventFilter(kind="rcpt_refused"))] == [event(3).id]
+    assert [e.id for e in store.list(EventFilter(since=1_700_000_002))] == [
+        event(3).id,
+        event(2).id,
+    ]
+    assert len(store.list(EventFilter(limit=1))) == 1
+
+
+def test_indexes_exist(store):
+    names = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"events_time", "events_sender", "events_action", "event_symbols_symbol"} <= names
+
+
+@pytest.mark.parametrize(
+    "bad", ["../../etc/passwd", "0000000000000000", "x" * 16 + ".1", "", "0" * 16 + ".1/.."]
+)
+def test_ids_are_validated(store, bad):
+    with pytest.raises(UnknownIdError):
+        validate_id(bad)
+    with pytest.raises(UnknownIdError):
+        store.get(bad)
+
+
+def test_unknown_id(store):
+    with pytest.raises(UnknownIdError, match="no event"):
+        store.get("0" * 16 + ".9")
+
+
+def test_recorder_writes_jsonl_too(store, tmp_path):
+    path = tmp_path / "log" / "events.jsonl"
+    recorder = EventRecorder(store, JsonLinesSink(path))
+    recorder.record(event(5))
+    [line] = path.read_text().splitlines()
+    assert json.loads(line)["id"] == event(5).id
+    assert store.get(event(5).id).id == event(5).id
+
+
+def test_parse_time():
+    now = time.time()
+    assert parse_time("2h", now) == pytest.approx(now - 7200)
+    assert parse_time("7d", now) == pytest.approx(now - 7 * 86400)
+    assert parse_time("2026-11-21T00:00:00") == 1795219200.0
+    with pytest.raises(ValueError, match="invalid time"):
+        parse_time("last tuesday")

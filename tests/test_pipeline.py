@@ -1,0 +1,93 @@
+"""The pipeline: a check that raises or hangs becomes an ERROR finding, never a crash."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import ClassVar
+
+from gateway.config import CheckConfig, PolicyConfig
+from gateway.context import Envelope, ScanContext
+from gateway.pipeline import Pipeline
+from gateway.policy.verdict import Policy
+from gateway.types import Action, Finding, Status
+
+
+@dataclass
+class BrokenCheck:
+    """A real check whose code raises: the kind of bug the pipeline must contain."""
+
+    name: ClassVar[str] = "broken"
+    symbols: ClassVar[dict[str, str]] = {}
+    config: CheckConfig
+
+    async def run(self, ctx):
+        raise RuntimeError("disk on fire")
+
+    async def aclose(self):
+        return None
+
+
+@dataclass
+class SlowCheck:
+    name: ClassVar[str] = "slow"
+    symbols: ClassVar[dict[str, str]] = {"SLOW_DONE": "finished"}
+    config: CheckConfig
+
+    async def run(self, ctx):
+        await asyncio.sleep(30)
+        return [Finding(self.name, "SLOW_DONE", Status.PASS)]
+
+    async def aclose(self):
+        return None
+
+
+@dataclass
+class SubjectCheck:
+    name: ClassVar[str] = "subject"
+    symbols: ClassVar[dict[str, str]] = {"SUBJECT_SEEN": "saw the subject"}
+    config: CheckConfig
+
+    async def run(self, ctx):
+        return [Finding(self.name, "SUBJECT_SEEN", Status.PASS, {"subject": ctx.message.subject})]
+
+    async def aclose(self):
+        return None
+
+
+def make(*checks, on_error="tempfail"):
+    policy = Policy(PolicyConfig(), {"SUBJECT_SEEN": 1.0}, {c.name: on_error for c in checks})
+    return Pipeline(checks, policy)
+
+
+def ctx(raw=b"Subject: hi\r\n\r\nbody\r\n"):
+    return ScanContext(
+        Envelope(id="0000000000000000.1", raw=raw, mail_from="a@b.c", rcpts=("d@e.f",))
+    )
+
+
+async def test_raising_check_becomes_error_finding_and_tempfail():
+    result = await make(BrokenCheck(CheckConfig()), SubjectCheck(CheckConfig())).scan(ctx())
+    verdict = result.verdict
+    names = {s.name: s for s in verdict.symbols}
+    assert names["BROKEN_ERROR"].status is Status.ERROR
+    assert "disk on fire" in names["BROKEN_ERROR"].details["error"]
+    assert names["SUBJECT_SEEN"].details == {"subject": "hi"}
+    assert verdict.action is Action.TEMPFAIL
+    assert set(result.timings_ms) == {"parse", "broken", "subject"}
+
+
+async def test_slow_check_times_out():
+    slow = SlowCheck(CheckConfig(timeout=0.2, on_error="accept"))
+    result = await make(slow, on_error="accept").scan(ctx())
+    [finding] = result.verdict.symbols
+    assert finding.name == "SLOW_ERROR"
+    assert finding.details == {"error": "timeout"}
+    assert result.verdict.action is Action.ACCEPT
+    assert result.timings_ms["slow"] < 5000
+
+
+async def test_big_message_is_parsed_once_off_the_loop():
+    raw = b"Subject: big\r\n\r\n" + b"x" * 76 + b"\r\n" * 20000 + b"y" * (2 << 20)
+    result = await make(SubjectCheck(CheckConfig())).scan(ctx(raw))
+    assert result.verdict.symbols[0].details == {"subject": "big"}
