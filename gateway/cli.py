@@ -32,6 +32,9 @@ def _setup_logging(level: str, events_to_stderr: bool) -> None:
     )
     if not events_to_stderr:
         logging.getLogger("gateway.events").setLevel(logging.WARNING)
+    # aiosmtpd logs every command line at INFO under "mail.log"; our events say what matters.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

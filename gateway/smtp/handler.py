@@ -57,8 +57,10 @@ class ProxyHandler:
         self, server: MailmoatSMTP, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
+        # No AUTH: Mailmoat is an inbound gateway, it does not authenticate submitters.
+        offered = [line for line in responses[:-1] if not line.startswith("250-AUTH")]
         # aiosmtpd reads commands one at a time, so pipelined commands are safe to accept.
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return [*offered, "250-PIPELINING", responses[-1]]
 
     async def handle_MAIL(
         self, server: MailmoatSMTP, session: Any, envelope: Any, address: str, options: list[str]

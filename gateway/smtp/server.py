@@ -57,6 +57,7 @@ class MailmoatSMTP(SMTP):
             tls_context=tls_context,
             require_starttls=config.require_tls,
             timeout=config.command_timeout,
+            auth_exclude_mechanism=["LOGIN", "PLAIN"],
         )
         self.state = state
         self.config = config

@@ -177,6 +177,7 @@ async def test_starttls_is_offered_and_used(sink, config_factory, tls_pair):
             hostname="127.0.0.1", port=gw.port, timeout=10, start_tls=True, validate_certs=False
         ) as client:
             assert client.get_transport_info("sslcontext") is not None
+            assert not client.supports_extension("auth")  # an inbound gateway offers no AUTH
             await client.sendmail("a@sender.test", ["bob@example.test"], message())
         [event] = gw.events(kind="message")
         assert event.tls.startswith("TLS")
