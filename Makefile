@@ -6,9 +6,10 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck pytest system-deps venv tls clean
+.PHONY: run stop test lint typecheck pytest system-deps venv tls clean
 
 run: venv tls
+	scripts/clamd start
 	MAILMOAT_SERVER__TLS_CERT=var/tls/cert.pem MAILMOAT_SERVER__TLS_KEY=var/tls/key.pem \
 		$(BIN)/mailmoat serve $(if $(CONFIG),--config $(CONFIG))
 
@@ -44,5 +45,8 @@ typecheck: venv
 pytest: venv
 	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
 
-clean:
+stop:
+	scripts/clamd stop
+
+clean: stop
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage

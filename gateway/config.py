@@ -132,7 +132,7 @@ class PolicyConfig(FrozenModel):
     quarantine: float = 10.0
     reject: float = 15.0
     scores_file: Path = DEFAULT_SCORES
-    force: dict[str, Action] = Field(default_factory=dict)
+    force: dict[str, Action] = Field(default_factory=lambda: {"VIRUS_FOUND": Action.REJECT})
     add_headers: bool = True
 
     @field_validator("force")

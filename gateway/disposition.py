@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gateway.message import iter_header_fields, split_header_block
-from gateway.types import Action, Verdict
+from gateway.types import Action, Status, Verdict
 
 # Headers we own: a copy arriving from outside is a forgery and is removed before we add ours.
 OWN_HEADERS = frozenset(
@@ -43,6 +43,10 @@ def verdict_headers(verdict: Verdict, event_id: str) -> list[tuple[str, str]]:
     ]
     if verdict.action is Action.TAG:
         fields.append(("X-Spam-Flag", "YES"))
+    # A check that failed open (on_error = "accept") is said so on the message itself.
+    failed = [f"{s.check} ({s.name})" for s in verdict.symbols if s.status is Status.ERROR]
+    if failed:
+        fields.append(("X-Mailmoat-Unscanned", ", ".join(failed)))
     return fields
 
 

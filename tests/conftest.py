@@ -69,6 +69,8 @@ def config_factory(tmp_path: Path) -> Callable[..., Path]:
             ),
             "store": {"path": str(tmp_path / "store")},
             "policy": {"scores_file": str(DEFAULT_SCORES)},
+            # Tests that want virus scanning enable it with the session's clamd.
+            "checks.antivirus": {"enabled": False},
         }
         for name, values in sections.items():
             key = name.replace("__", ".")
@@ -140,3 +142,13 @@ async def smtp_dialogue(port: int, chunks: list[bytes], timeout: float = 10.0) -
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
     return out
+
+
+@pytest.fixture(scope="session")
+def clamd(tmp_path_factory):
+    """One real clamd for the whole session (tests that break it use their own)."""
+    from tests.clamav import ClamdProcess
+
+    process = ClamdProcess(tmp_path_factory.mktemp("clamd")).start()
+    yield process
+    process.stop()

@@ -18,8 +18,14 @@ from tests.conftest import write_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_scan_json_format_is_stable(capsys):
-    assert main(["scan", "--json", "--mail-from", "a@sender.test", str(MESSAGES)]) == 0
+@pytest.fixture
+def scan_config(tmp_path, clamd):
+    return write_config(tmp_path / "scan.toml", {"checks.antivirus": {"address": clamd.address}})
+
+
+def test_scan_json_format_is_stable(capsys, scan_config):
+    args = ["scan", "--json", "--config", str(scan_config), "--mail-from", "a@sender.test"]
+    assert main([*args, str(MESSAGES)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     by_file = {Path(r["file"]).name: r for r in lines}
     assert "clean.eml" in by_file
@@ -28,15 +34,16 @@ def test_scan_json_format_is_stable(capsys):
     assert record["action"] == "tag"
     assert record["score"] == 5.0
     assert {"name", "score", "details"} <= set(record["symbols"][0])
-    assert {"parse", "protocol", "headers"} <= set(record["timings_ms"])
+    assert {"parse", "protocol", "headers", "antivirus"} <= set(record["timings_ms"])
+    assert "AV_CLEAN" in {s["name"] for s in record["symbols"]}
 
 
-def test_scan_strips_mbox_from_line_and_prints_text(tmp_path, capsys):
+def test_scan_strips_mbox_from_line_and_prints_text(tmp_path, capsys, scan_config):
     path = tmp_path / "one.eml"
     path.write_bytes(
         b"From someone@x Sat Jan  1 00:00:00 2002\n" + (MESSAGES / "clean.eml").read_bytes()
     )
-    assert main(["scan", "--mail-from", "a@sender.test", str(path)]) == 0
+    assert main(["scan", "-c", str(scan_config), "--mail-from", "a@sender.test", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"{path}: accept score=0" in out
     assert "timings:" in out
@@ -51,7 +58,7 @@ def test_config_check_ok_and_error(tmp_path, capsys):
     assert (
         main(["config", "check", "--config", str(ROOT / "config" / "mailmoat.example.toml")]) == 0
     )
-    assert "checks   protocol, headers" in capsys.readouterr().out
+    assert "checks   protocol, headers, antivirus" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
     bad.write_text("[server]\nmax_connections = -3\n")
     assert main(["config", "check", "--config", str(bad)]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.checks.antivirus import AntivirusCheck
 from gateway.checks.base import Check
 from gateway.checks.headers import HeadersCheck
 from gateway.checks.protocol import ProtocolCheck
@@ -9,6 +10,7 @@ from gateway.checks.protocol import ProtocolCheck
 REGISTRY: tuple[type[Check], ...] = (
     ProtocolCheck,
     HeadersCheck,
+    AntivirusCheck,
 )
 
 

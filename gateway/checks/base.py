@@ -20,7 +20,11 @@ class Check(Protocol):
 
     name: ClassVar[str]
     symbols: ClassVar[Mapping[str, str]]
-    config: CheckConfig
+
+    @property
+    def config(self) -> CheckConfig:
+        """The check's validated section (common keys: enabled, timeout, on_error)."""
+        ...
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> Self:

@@ -33,12 +33,13 @@ class Policy:
         )
         total = round(sum(s.score for s in scored), 3)
 
-        forced = [
-            (self.config.force[s.name], s.name) for s in scored if s.name in self.config.force
-        ]
+        forced = [(self.config.force[s.name], s) for s in scored if s.name in self.config.force]
         if forced:
             action, symbol = max(forced, key=lambda pair: pair[0].severity)
-            return Verdict(action, total, scored, f"forced by {symbol}")
+            # A check may suggest the text the client sees (e.g. the virus name).
+            reply = symbol.details.get("reply")
+            reason = f"forced by {symbol.name}"
+            return Verdict(action, total, scored, reason, None if reply is None else str(reply))
 
         failures = [
             (_ERROR_ACTIONS[self.on_error.get(s.check, "tempfail")], s.check)

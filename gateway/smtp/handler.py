@@ -232,8 +232,8 @@ class ProxyHandler:
     @staticmethod
     def _reject_text(verdict: Verdict, event_id: str) -> str:
         if verdict.reply_text:
-            return replies.format_reply(550, f"5.7.1 {verdict.reply_text} [{event_id}]")
-        return replies.S550_REJECTED.format(id=event_id)
+            return replies.format_reply(554, f"5.7.1 {verdict.reply_text} [{event_id}]")
+        return replies.S554_REJECTED.format(id=event_id)
 
     def _event(
         self,

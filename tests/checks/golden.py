@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from gateway.config import load_settings
+from gateway.config import Settings
 from gateway.context import Envelope, ScanContext
 from gateway.pipeline import Pipeline
 from gateway.types import Verdict
@@ -14,8 +14,15 @@ MESSAGES = Path(__file__).resolve().parents[1] / "data" / "messages"
 EXPECTED: dict[str, list[str]] = tomllib.loads((MESSAGES / "expected.toml").read_text())
 
 
-async def scan_bytes(raw: bytes, **envelope: object) -> Verdict:
-    pipeline = Pipeline.from_settings(load_settings(None))
+def offline_settings(**checks: dict[str, object]) -> Settings:
+    """Embedded defaults with the checks that need a service (clamd) off unless given."""
+    sections: dict[str, dict[str, object]] = {"antivirus": {"enabled": False}}
+    sections.update(checks)
+    return Settings(checks=sections)
+
+
+async def scan_bytes(raw: bytes, settings: Settings | None = None, **envelope: object) -> Verdict:
+    pipeline = Pipeline.from_settings(settings or offline_settings())
     fields: dict[str, object] = {
         "id": "0000000000000000.1",
         "raw": raw,

@@ -107,7 +107,7 @@ async def test_sighup_reloads_and_a_broken_config_keeps_the_old_pipeline(sink, c
         with pytest.raises(aiosmtplib.SMTPDataError) as rejected:
             async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10) as client:
                 await client.sendmail("a@sender.test", ["bob@example.test"], message(Date=None))
-        assert rejected.value.code == 550
+        assert rejected.value.code == 554
         # A broken file is refused; the service keeps its last good pipeline.
         config.write_text(good + "\n[policy\nbroken")
         proc.send_signal(signal.SIGHUP)

@@ -135,7 +135,7 @@ async def test_reject_gives_5xx_and_tempfail_gives_4xx(sink, config_factory):
     async with running_gateway(config) as gw:
         with pytest.raises(aiosmtplib.SMTPDataError) as rejected:
             await send(gw.port, "a@sender.test", ["bob@example.test"], message(From=None))
-        assert rejected.value.code == 550
+        assert rejected.value.code == 554
         assert "5.7.1" in rejected.value.message
         with pytest.raises(aiosmtplib.SMTPDataError) as deferred:
             await send(gw.port, "a@sender.test", ["bob@example.test"], message(Date=None))

@@ -1,0 +1,1 @@
+"""Async protocol clients for the services checks depend on (clamd, DNS)."""
