@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.header
 import email.message
+import email.parser
 import email.policy
 import email.utils
 import re
@@ -64,18 +65,104 @@ class Mailbox:
         return self.address.rpartition("@")[2].lower() if "@" in self.address else ""
 
 
+@dataclass(frozen=True, slots=True)
+class MimePart:
+    """A leaf of the MIME tree, with what it declares about itself."""
+
+    content_type: str
+    filename: str
+    disposition: str
+    depth: int
+    part: email.message.Message = field(repr=False, compare=False)
+
+    def payload(self) -> bytes:
+        """The decoded body (base64/QP undone leniently; garbage decodes to what it can)."""
+        data = self.part.get_payload(decode=True)
+        return data if isinstance(data, bytes) else b""
+
+    @property
+    def is_attachment(self) -> bool:
+        """Named, marked as attachment, or not text: what a user would call an attachment."""
+        return (
+            bool(self.filename)
+            or self.disposition == "attachment"
+            or not (self.content_type.startswith("text/") or self.content_type == "message/rfc822")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MimeWalk:
+    """The leaves of a bounded walk, and whether a bound cut it short."""
+
+    parts: tuple[MimePart, ...]
+    too_deep: bool
+    too_many: bool
+
+
+def _filename(part: email.message.Message) -> str:
+    try:
+        name = part.get_filename() or ""
+    except (ValueError, LookupError, UnicodeError, TypeError):
+        return ""
+    return decode_header_value(name).strip()
+
+
 @dataclass(frozen=True)
 class ParsedMessage:
     """A message parsed once; views are computed on first use and cached."""
 
     raw: bytes
     message: email.message.Message = field(repr=False)
+    # The stdlib parser recurses once per nested multipart: past Python's recursion limit
+    # we keep the headers only and say the structure was too deep to parse.
+    structure_too_deep: bool = False
 
     @classmethod
     def parse(cls, raw: bytes) -> ParsedMessage:
         """Parse bytes leniently: malformed input yields defects, never an exception."""
-        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        try:
+            message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        except RecursionError:
+            parser = email.parser.BytesParser(policy=email.policy.compat32)
+            return cls(
+                raw=raw, message=parser.parsebytes(raw, headersonly=True), structure_too_deep=True
+            )
         return cls(raw=raw, message=message)
+
+    def walk(self, max_depth: int = 20, max_parts: int = 1000) -> MimeWalk:
+        """The leaf parts, iteratively (no recursion), stopping at the bounds."""
+        leaves: list[MimePart] = []
+        stack: list[tuple[email.message.Message, int]] = [(self.message, 0)]
+        too_deep = self.structure_too_deep
+        too_many = False
+        seen = 0
+        while stack:
+            part, depth = stack.pop()
+            seen += 1
+            if seen > max_parts:
+                too_many = True
+                break
+            children = part.get_payload() if part.is_multipart() else None
+            if isinstance(children, list):
+                if depth >= max_depth:
+                    too_deep = True
+                    continue
+                stack.extend(
+                    (child, depth + 1)
+                    for child in reversed(children)
+                    if isinstance(child, email.message.Message)
+                )
+                continue
+            leaves.append(
+                MimePart(
+                    content_type=part.get_content_type().lower(),
+                    filename=_filename(part),
+                    disposition=(part.get_content_disposition() or "").lower(),
+                    depth=depth,
+                    part=part,
+                )
+            )
+        return MimeWalk(tuple(leaves), too_deep, too_many)
 
     @cached_property
     def header_block(self) -> bytes:
@@ -115,9 +202,13 @@ class ParsedMessage:
     def defects(self) -> tuple[str, ...]:
         """Names of the parser's defects across the MIME tree (bounded walk)."""
         names: list[str] = []
-        for count, part in enumerate(self.message.walk()):
-            if count >= 1000:
-                names.append("TooManyPartsToInspect")
+        stack = [self.message]
+        for _ in range(1000):
+            if not stack:
                 break
+            part = stack.pop()
             names.extend(type(defect).__name__ for defect in part.defects)
+            children = part.get_payload() if part.is_multipart() else None
+            if isinstance(children, list):
+                stack.extend(c for c in children if isinstance(c, email.message.Message))
         return tuple(names)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.checks.antivirus import AntivirusCheck
 from gateway.checks.base import Check
+from gateway.checks.content import ContentCheck
 from gateway.checks.headers import HeadersCheck
 from gateway.checks.protocol import ProtocolCheck
 
@@ -11,6 +12,7 @@ REGISTRY: tuple[type[Check], ...] = (
     ProtocolCheck,
     HeadersCheck,
     AntivirusCheck,
+    ContentCheck,
 )
 
 
