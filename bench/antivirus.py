@@ -28,6 +28,7 @@ import clamd as clamd_package
 from bench.common import load_corpus, percentile, rss_kib, table
 from gateway.checks.antivirus import AntivirusCheck
 from gateway.checks.content import ContentCheck
+from gateway.config import ClamdConfig, Settings
 from gateway.context import Envelope, ScanContext
 from tests.clamav import ClamdProcess
 from tests.messages import with_attachments
@@ -76,8 +77,9 @@ async def main(limit: int | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clamd = ClamdProcess(Path(tmp), stream_max="64M").start()
         try:
-            av = AntivirusCheck.from_config({"address": clamd.address, "timeout": 60})
-            content = ContentCheck.from_config({})
+            settings = Settings(antivirus=ClamdConfig(address=clamd.address, timeout=60))
+            av = AntivirusCheck.from_config({}, settings)
+            content = ContentCheck.from_config({}, settings)
             pool = ThreadPoolExecutor(4)
             loop = asyncio.get_running_loop()
 

@@ -144,6 +144,28 @@ class PolicyConfig(FrozenModel):
         return value
 
 
+class ClamdConfig(FrozenModel):
+    """``[antivirus]``: how to reach clamd (the antivirus check's switches are in its section)."""
+
+    address: str = "unix:var/clamav/clamd.sock"
+    timeout: PositiveFloat = 30.0
+    max_concurrency: PositiveInt = 4
+    chunk_size: Annotated[int, Field(ge=1024, le=1 << 22)] = 64 * 1024
+    # Match clamd's StreamMaxLength: a bigger message is not sent but gets AV_FAIL, because
+    # clamd would only scan its beginning. Never silently passed unscanned.
+    max_scan_size: PositiveInt = 26 * 1024 * 1024
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        if value.startswith("unix:"):
+            if not value[5:]:
+                raise ValueError("empty socket path after 'unix:'")
+        else:
+            parse_hostport(value, 3310)
+        return value
+
+
 class CheckConfig(FrozenModel):
     """Settings every check has; a check subclasses this to declare its own keys."""
 
@@ -167,6 +189,7 @@ class Settings(BaseSettings):
     backend: BackendConfig = BackendConfig()
     store: StoreConfig = StoreConfig()
     policy: PolicyConfig = PolicyConfig()
+    antivirus: ClamdConfig = ClamdConfig()
     checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @classmethod

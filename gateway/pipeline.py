@@ -38,7 +38,7 @@ def build_checks(settings: Settings) -> list[Check]:
             raise ConfigError(f"checks.{name}: no such check (known: {sorted(known)})")
     for cls in REGISTRY:
         try:
-            checks.append(cls.from_config(settings.check_section(cls.name)))
+            checks.append(cls.from_config(settings.check_section(cls.name), settings))
         except NotConfigured as reason:
             log.info("disabled check %s: %s", cls.name, reason)
     log.info("enabled checks: %s", [c.name for c in checks])

@@ -50,14 +50,17 @@ class SinkHandler:
 class Sink:
     """A running sink: ``port``, ``handler.messages``; ``stop()`` closes the port."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls_context=None) -> None:
+        self.tls_context = tls_context
         self.handler = SinkHandler()
         self.server: asyncio.Server | None = None
         self.port = 0
         self.protocols: list[SMTP] = []
 
     def _protocol(self) -> SMTP:
-        protocol = SMTP(self.handler, hostname="sink.test", enable_SMTPUTF8=True)
+        protocol = SMTP(
+            self.handler, hostname="sink.test", enable_SMTPUTF8=True, tls_context=self.tls_context
+        )
         self.protocols.append(protocol)
         return protocol
 

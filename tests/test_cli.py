@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def scan_config(tmp_path, clamd):
-    return write_config(tmp_path / "scan.toml", {"checks.antivirus": {"address": clamd.address}})
+    return write_config(tmp_path / "scan.toml", {"antivirus": {"address": clamd.address}})
 
 
 def test_scan_json_format_is_stable(capsys, scan_config):

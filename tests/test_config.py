@@ -25,10 +25,12 @@ def test_file_and_environment_with_env_winning(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("MAILMOAT_SERVER__LISTEN", "[::1]:2626")
     monkeypatch.setenv("MAILMOAT_BACKEND__KIND", "smtp")
+    monkeypatch.setenv("MAILMOAT_ANTIVIRUS__ADDRESS", "127.0.0.1:3310")
     settings = load_settings(path)
     assert settings.server.listen_address == ("::1", 2626)
     assert settings.server.max_recipients == 7
     assert settings.backend.kind == "smtp"
+    assert settings.antivirus.address == "127.0.0.1:3310"
     assert settings.policy.force == {"VIRUS_FOUND": Action.REJECT}
 
 
@@ -45,6 +47,8 @@ def test_file_and_environment_with_env_winning(tmp_path, monkeypatch):
         ("[server]\ntls_cert = 'a.pem'\n", "tls_cert and server.tls_key"),
         ("[server]\nlisten = 'mail.example.org:25'\n", "is not an IP address"),
         ("[server\n", "TOML syntax error"),
+        ("[antivirus]\naddress = 'unix:'\n", "antivirus.address"),
+        ("[antivirus]\naddress = 'h:99999'\n", "antivirus.address"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path, text, needle):

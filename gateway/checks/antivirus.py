@@ -6,31 +6,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from gateway.checks.base import parse_section
-from gateway.clients.clamd import ClamdClient, ClamdError, parse_address
-from gateway.config import CheckConfig
+from gateway.clients.clamd import ClamdClient, ClamdError
+from gateway.config import CheckConfig, ClamdConfig, Settings
 from gateway.context import ScanContext
 from gateway.types import Finding, Status
 
 
 class AntivirusConfig(CheckConfig):
-    """``[checks.antivirus]``."""
+    """``[checks.antivirus]``: the check's switches; clamd itself is ``[antivirus]``."""
 
-    address: str = "unix:var/clamav/clamd.sock"
-    timeout: float = Field(default=30.0, gt=0)
-    max_concurrency: int = Field(default=4, gt=0)
-    chunk_size: int = Field(default=64 * 1024, ge=1024, le=1 << 22)
-    # Match clamd's StreamMaxLength: a bigger message is not sent but follows on_error,
-    # because clamd would only scan its beginning. Never silently passed unscanned.
-    max_scan_size: int = Field(default=26 * 1024 * 1024, gt=0)
-
-    @field_validator("address")
-    @classmethod
-    def _check_address(cls, value: str) -> str:
-        parse_address(value)
-        return value
+    # The pipeline's outer bound; clamd's own timeout ([antivirus] timeout) sits inside it.
+    timeout: float = Field(default=35.0, gt=0)
 
 
 @dataclass(slots=True)
@@ -44,38 +33,29 @@ class AntivirusCheck:
         "AV_FAIL": "The message could not be scanned (clamd down, timeout, error, too big)",
     }
     config: AntivirusConfig
+    clamd: ClamdConfig
     client: ClamdClient = field(init=False)
 
     def __post_init__(self) -> None:
-        cfg = self.config
-        # The client's own timeout stays inside the pipeline's outer one for this check.
-        self.client = ClamdClient(
-            cfg.address, cfg.timeout * 0.95, cfg.max_concurrency, cfg.chunk_size
-        )
+        cfg = self.clamd
+        self.client = ClamdClient(cfg.address, cfg.timeout, cfg.max_concurrency, cfg.chunk_size)
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> Self:
-        return cls(parse_section(cls.name, AntivirusConfig, section))
+    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
+        return cls(parse_section(cls.name, AntivirusConfig, section), settings.antivirus)
 
     async def run(self, ctx: ScanContext) -> Sequence[Finding]:
         raw = ctx.envelope.raw
-        if len(raw) > self.config.max_scan_size:
+        if len(raw) > self.clamd.max_scan_size:
             return [self._fail(f"message of {len(raw)} bytes exceeds max_scan_size")]
         try:
             result = await self.client.scan(raw)
         except ClamdError as exc:
             return [self._fail(str(exc))]
-        if result.infected:
-            signature = result.signature
-            return [
-                Finding(
-                    self.name,
-                    "VIRUS_FOUND",
-                    Status.FAIL,
-                    {"signature": signature, "reply": f"Virus found: {signature}"},
-                )
-            ]
-        return [Finding(self.name, "AV_CLEAN", Status.PASS)]
+        if not result.infected:
+            return [Finding(self.name, "AV_CLEAN", Status.PASS)]
+        detail = {"signature": result.signature, "reply": f"Virus found: {result.signature}"}
+        return [Finding(self.name, "VIRUS_FOUND", Status.FAIL, detail)]
 
     def _fail(self, reason: str) -> Finding:
         return Finding(self.name, "AV_FAIL", Status.ERROR, {"error": reason[:300]})

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from pydantic import ValidationError
 
-from gateway.config import CheckConfig
+from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.errors import ConfigError, NotConfigured
 from gateway.types import Finding
@@ -27,8 +27,12 @@ class Check(Protocol):
         ...
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> Self:
-        """Build from the ``[checks.NAME]`` table; raise NotConfigured when disabled."""
+    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
+        """Build from the ``[checks.NAME]`` table; raise NotConfigured when disabled.
+
+        ``settings`` is there for the shared service sections a check depends on
+        (``[antivirus]`` for clamd, ``[dns]`` for the resolver); a check reads nothing else.
+        """
         ...
 
     async def run(self, ctx: ScanContext) -> Sequence[Finding]:

@@ -21,7 +21,7 @@ with warnings.catch_warnings():
 
 from gateway.archives import ArchiveLimits, inspect_zip, is_zip
 from gateway.checks.base import parse_section
-from gateway.config import CheckConfig
+from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.message import MimePart
 from gateway.types import Finding, Status
@@ -153,7 +153,7 @@ class ContentCheck:
         self.magic = magic.Magic(mime=True)
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> Self:
+    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
         return cls(parse_section(cls.name, ContentConfig, section))
 
     async def run(self, ctx: ScanContext) -> Sequence[Finding]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from gateway.checks.base import parse_section
-from gateway.config import CheckConfig
+from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.message import iter_header_fields
 from gateway.types import Finding, Status
@@ -44,7 +44,7 @@ class HeadersCheck:
     config: CheckConfig
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> Self:
+    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
         return cls(parse_section(cls.name, HeadersConfig, section))
 
     async def run(self, ctx: ScanContext) -> Sequence[Finding]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from gateway.checks.base import parse_section
-from gateway.config import CheckConfig
+from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.types import Finding, Status
 
@@ -36,7 +36,7 @@ class ProtocolCheck:
     config: CheckConfig
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> Self:
+    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
         return cls(parse_section(cls.name, ProtocolConfig, section))
 
     async def run(self, ctx: ScanContext) -> Sequence[Finding]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from gateway.config import Settings
+from gateway.config import ClamdConfig, Settings
 from gateway.context import Envelope, ScanContext
 from gateway.pipeline import Pipeline
 from gateway.types import Verdict
@@ -14,11 +14,13 @@ MESSAGES = Path(__file__).resolve().parents[1] / "data" / "messages"
 EXPECTED: dict[str, list[str]] = tomllib.loads((MESSAGES / "expected.toml").read_text())
 
 
-def offline_settings(**checks: dict[str, object]) -> Settings:
-    """Embedded defaults with the checks that need a service (clamd) off unless given."""
-    sections: dict[str, dict[str, object]] = {"antivirus": {"enabled": False}}
+def offline_settings(
+    clamd: dict[str, object] | None = None, **checks: dict[str, object]
+) -> Settings:
+    """Embedded defaults; the antivirus check is off unless a clamd is given."""
+    sections: dict[str, dict[str, object]] = {"antivirus": {"enabled": clamd is not None}}
     sections.update(checks)
-    return Settings(checks=sections)
+    return Settings(checks=sections, antivirus=ClamdConfig(**(clamd or {})))
 
 
 async def scan_bytes(raw: bytes, settings: Settings | None = None, **envelope: object) -> Verdict:

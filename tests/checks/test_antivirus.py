@@ -11,8 +11,9 @@ from tests.clamav import EICAR, HASH_SAMPLE, ClamdProcess
 from tests.messages import plain, with_attachments, zip_bytes
 
 
-def av(address: str, **extra: object):
-    return offline_settings(antivirus={"enabled": True, "address": address, **extra})
+def av(address: str, on_error: str = "tempfail", **clamd: object):
+    """Settings with the antivirus check on: ``clamd`` keys go to [antivirus]."""
+    return offline_settings({"address": address, **clamd}, antivirus={"on_error": on_error})
 
 
 def virus(verdict):

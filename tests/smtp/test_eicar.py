@@ -17,7 +17,7 @@ async def send(port, data):
 
 async def test_eicar_zip_is_rejected_with_554_and_the_signature(sink, config_factory, clamd):
     config = config_factory(
-        sink.port, checks__antivirus={"enabled": True, "address": clamd.address}
+        sink.port, antivirus={"address": clamd.address}, checks__antivirus={"enabled": True}
     )
     async with running_gateway(config) as gw:
         raw = with_attachments(("invoice.zip", zip_bytes({"eicar.com": EICAR}), "application/zip"))
@@ -35,7 +35,9 @@ async def test_eicar_zip_is_rejected_with_554_and_the_signature(sink, config_fac
 
 async def test_clamd_down_tempfails_with_451_4_7_1(sink, config_factory, tmp_path):
     address = f"unix:{tmp_path}/no-clamd.sock"
-    config = config_factory(sink.port, checks__antivirus={"enabled": True, "address": address})
+    config = config_factory(
+        sink.port, antivirus={"address": address}, checks__antivirus={"enabled": True}
+    )
     async with running_gateway(config) as gw:
         with pytest.raises(aiosmtplib.SMTPDataError) as deferred:
             await send(gw.port, plain("hello"))
@@ -46,8 +48,9 @@ async def test_clamd_down_tempfails_with_451_4_7_1(sink, config_factory, tmp_pat
 
 async def test_fail_open_says_so_in_a_header_and_the_event(sink, config_factory, tmp_path):
     address = f"unix:{tmp_path}/no-clamd.sock"
-    section = {"enabled": True, "address": address, "on_error": "accept"}
-    async with running_gateway(config_factory(sink.port, checks__antivirus=section)) as gw:
+    section = {"enabled": True, "on_error": "accept"}
+    config = config_factory(sink.port, antivirus={"address": address}, checks__antivirus=section)
+    async with running_gateway(config) as gw:
         await send(gw.port, plain("hello"))
         [event] = gw.events(kind="message")
         assert "AV_FAIL" in {s["name"] for s in event.symbols}

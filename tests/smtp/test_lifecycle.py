@@ -228,3 +228,32 @@ async def test_maildir_write_failure_gives_451(config_factory, tmp_path):
         assert failed.value.code == 451
         [event] = gw.events(kind="message")
         assert event.smtp_reply.startswith("451 4.4.2")
+
+
+async def test_backend_starttls(config_factory, tls_pair):
+    import ssl
+
+    from tests.sink import Sink
+
+    cert, key = tls_pair
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    sink = await Sink(tls_context=context).start()
+    try:
+        config = config_factory(sink.port, backend={"starttls": True, "verify_tls": False})
+        async with running_gateway(config) as gw:
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, timeout=10) as client:
+                await client.sendmail("a@sender.test", ["bob@example.test"], message())
+        [received] = await sink.wait_for(1)
+        assert received.rcpts == ["bob@example.test"]
+        [protocol] = sink.protocols
+        assert protocol.session.ssl is not None  # the sink saw STARTTLS
+        # With verification on, the self-signed backend is refused: 451, nothing lost.
+        config = config_factory(sink.port, backend={"starttls": True, "verify_tls": True})
+        async with running_gateway(config) as gw:
+            with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+                async with aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, timeout=10) as c:
+                    await c.sendmail("a@sender.test", ["bob@example.test"], message())
+            assert refused.value.code == 451
+    finally:
+        await sink.stop()
