@@ -230,6 +230,11 @@ async def test_maildir_write_failure_gives_451(config_factory, tmp_path):
         assert event.smtp_reply.startswith("451 4.4.2")
 
 
+async def send_one(port):
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10) as client:
+        await client.sendmail("a@sender.test", ["bob@example.test"], message())
+
+
 async def test_backend_starttls(config_factory, tls_pair):
     import ssl
 
@@ -242,8 +247,7 @@ async def test_backend_starttls(config_factory, tls_pair):
     try:
         config = config_factory(sink.port, backend={"starttls": True, "verify_tls": False})
         async with running_gateway(config) as gw:
-            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, timeout=10) as client:
-                await client.sendmail("a@sender.test", ["bob@example.test"], message())
+            await send_one(gw.port)
         [received] = await sink.wait_for(1)
         assert received.rcpts == ["bob@example.test"]
         [protocol] = sink.protocols
@@ -252,8 +256,7 @@ async def test_backend_starttls(config_factory, tls_pair):
         config = config_factory(sink.port, backend={"starttls": True, "verify_tls": True})
         async with running_gateway(config) as gw:
             with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
-                async with aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, timeout=10) as c:
-                    await c.sendmail("a@sender.test", ["bob@example.test"], message())
+                await send_one(gw.port)
             assert refused.value.code == 451
     finally:
         await sink.stop()
