@@ -9,6 +9,8 @@ Relative paths are relative to the working directory of the process.
 from __future__ import annotations
 
 import ipaddress
+import json
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -16,8 +18,10 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -92,6 +96,11 @@ class ServerConfig(FrozenModel):
         """The (host, port) pair to bind."""
         return parse_hostport(self.listen)
 
+    @property
+    def identity(self) -> str:
+        """Our name: in the greeting, to the backend, and as authserv-id (RFC 8601 2.5)."""
+        return self.hostname or socket.getfqdn()
+
 
 class BackendConfig(FrozenModel):
     """Where accepted mail goes: an SMTP server (before-queue proxy) or a local maildir."""
@@ -125,6 +134,14 @@ class StoreConfig(FrozenModel):
         return self.path / "quarantine"
 
 
+# Forced actions that hold unless the config says otherwise (SYMBOL = "score").
+DEFAULT_FORCE: dict[str, Action] = {
+    "VIRUS_FOUND": Action.REJECT,
+    "DMARC_POLICY_REJECT": Action.REJECT,
+    "DMARC_POLICY_QUARANTINE": Action.QUARANTINE,
+}
+
+
 class PolicyConfig(FrozenModel):
     """Score thresholds, forced actions and the scores file."""
 
@@ -132,12 +149,21 @@ class PolicyConfig(FrozenModel):
     quarantine: float = 10.0
     reject: float = 15.0
     scores_file: Path = DEFAULT_SCORES
-    force: dict[str, Action] = Field(default_factory=lambda: {"VIRUS_FOUND": Action.REJECT})
+    # Merged over DEFAULT_FORCE; "score" turns a default off (the symbol only adds its score).
+    force: dict[str, Action | Literal["score"]] = Field(default_factory=dict)
     add_headers: bool = True
+
+    @property
+    def forced_actions(self) -> dict[str, Action]:
+        """The symbol -> action map in force: defaults, then the file's entries."""
+        merged: dict[str, Action | str] = {**DEFAULT_FORCE, **self.force}
+        return {k: v for k, v in merged.items() if isinstance(v, Action)}
 
     @field_validator("force")
     @classmethod
-    def _check_force(cls, value: dict[str, Action]) -> dict[str, Action]:
+    def _check_force(
+        cls, value: dict[str, Action | Literal["score"]]
+    ) -> dict[str, Action | Literal["score"]]:
         for symbol in value:
             if not symbol.replace("_", "").isalnum() or symbol.upper() != symbol:
                 raise ValueError(f"symbol {symbol!r} must be UPPER_SNAKE")
@@ -166,6 +192,33 @@ class ClamdConfig(FrozenModel):
         return value
 
 
+class DnsConfig(FrozenModel):
+    """``[dns]``: the resolver every DNS-based check uses."""
+
+    # "ip" or "ip:port" / "[v6]:port"; empty means the system's /etc/resolv.conf.
+    nameservers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    timeout: PositiveFloat = 3.0
+    cache_size: PositiveInt = 10000
+
+    @field_validator("nameservers", mode="before")
+    @classmethod
+    def _split_env(cls, value: Any) -> Any:
+        # MAILMOAT_DNS__NAMESERVERS may be a JSON list, "a, b", or one address.
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("nameservers")
+    @classmethod
+    def _check_nameservers(cls, value: list[str]) -> list[str]:
+        for server in value:
+            host, _ = parse_hostport(server, 53)
+            ipaddress.ip_address(host)
+        return value
+
+
 class CheckConfig(FrozenModel):
     """Settings every check has; a check subclasses this to declare its own keys."""
 
@@ -190,6 +243,7 @@ class Settings(BaseSettings):
     store: StoreConfig = StoreConfig()
     policy: PolicyConfig = PolicyConfig()
     antivirus: ClamdConfig = ClamdConfig()
+    dns: DnsConfig = DnsConfig()
     checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @classmethod
@@ -240,6 +294,10 @@ def load_settings(path: Path | str | None = None) -> Settings:
         settings: Settings = settings_cls()
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, origin)) from exc
+    except (SettingsError, ValueError) as exc:
+        # An environment variable that does not parse (e.g. invalid JSON for a list).
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"{origin}: {exc}{cause}") from exc
     _check_cross_fields(settings, origin)
     return settings
 

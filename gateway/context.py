@@ -46,6 +46,8 @@ class ScanContext:
     """An envelope and its message, parsed once on first use and shared by all checks."""
 
     envelope: Envelope
+    # Header fields checks ask to add on delivery (e.g. Authentication-Results), in order.
+    added_headers: list[tuple[str, str]] = field(default_factory=list)
 
     @cached_property
     def message(self) -> ParsedMessage:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+from gateway.auth.results import strip_forged
 from gateway.message import iter_header_fields, split_header_block
 from gateway.types import Action, Status, Verdict
 
@@ -61,7 +62,27 @@ def fold(name: str, value: str) -> bytes:
     return "\r\n".join(line.rstrip() for line in lines).encode("utf-8") + b"\r\n"
 
 
-def stamp(raw: bytes, verdict: Verdict, event_id: str) -> bytes:
-    """Remove forged copies of our headers and prepend ours."""
+def stamp(
+    raw: bytes,
+    verdict: Verdict,
+    event_id: str,
+    added: Sequence[tuple[str, str]] = (),
+    authserv_id: str | None = None,
+) -> bytes:
+    """Remove forged copies of our headers, then prepend the checks' headers and ours.
+
+    Any Authentication-Results claiming our authserv-id is removed whether or not the auth
+    check ran: only we may speak in our name (RFC 8601 5).
+    """
     clean = strip_headers(raw, OWN_HEADERS)
-    return b"".join(fold(n, v) for n, v in verdict_headers(verdict, event_id)) + clean
+    if authserv_id:
+        clean = strip_forged(clean, authserv_id)
+    ours = [*added, *verdict_headers(verdict, event_id)]
+    return b"".join(_field(n, v) for n, v in ours) + clean
+
+
+def _field(name: str, value: str) -> bytes:
+    # Values already folded by their author (CRLF + space) are kept; others are folded here.
+    if "\r\n " in value:
+        return f"{name}: {value}\r\n".encode()
+    return fold(name, value)

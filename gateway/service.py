@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import socket
 from pathlib import Path
 
 from gateway import __version__
@@ -34,7 +33,7 @@ class Gateway:
     def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         self.settings = settings
         self.config_path = config_path
-        self.hostname = settings.server.hostname or socket.getfqdn()
+        self.hostname = settings.server.identity
         self.pipeline = Pipeline.from_settings(settings)
         self.versions = self._versions(settings)
         self.backend: Backend = make_backend(settings.backend, self.hostname)

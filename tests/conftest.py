@@ -69,8 +69,9 @@ def config_factory(tmp_path: Path) -> Callable[..., Path]:
             ),
             "store": {"path": str(tmp_path / "store")},
             "policy": {"scores_file": str(DEFAULT_SCORES)},
-            # Tests that want virus scanning enable it with the session's clamd.
+            # Tests that want clamd or DNS enable these checks with their own servers.
             "checks.antivirus": {"enabled": False},
+            "checks.auth": {"enabled": False},
         }
         for name, values in sections.items():
             key = name.replace("__", ".")

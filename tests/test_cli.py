@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def scan_config(tmp_path, clamd):
-    return write_config(tmp_path / "scan.toml", {"antivirus": {"address": clamd.address}})
+    return write_config(
+        tmp_path / "scan.toml",
+        {"antivirus": {"address": clamd.address}, "checks.auth": {"enabled": False}},
+    )
 
 
 def test_scan_json_format_is_stable(capsys, scan_config):
@@ -58,7 +61,7 @@ def test_config_check_ok_and_error(tmp_path, capsys):
     assert (
         main(["config", "check", "--config", str(ROOT / "config" / "mailmoat.example.toml")]) == 0
     )
-    assert "checks   protocol, headers, antivirus" in capsys.readouterr().out
+    assert "checks   protocol, headers, antivirus, content, auth" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
     bad.write_text("[server]\nmax_connections = -3\n")
     assert main(["config", "check", "--config", str(bad)]) == 2

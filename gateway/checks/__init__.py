@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.checks.antivirus import AntivirusCheck
+from gateway.checks.auth import AuthCheck
 from gateway.checks.base import Check
 from gateway.checks.content import ContentCheck
 from gateway.checks.headers import HeadersCheck
@@ -13,6 +14,7 @@ REGISTRY: tuple[type[Check], ...] = (
     HeadersCheck,
     AntivirusCheck,
     ContentCheck,
+    AuthCheck,
 )
 
 

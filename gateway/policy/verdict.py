@@ -33,7 +33,8 @@ class Policy:
         )
         total = round(sum(s.score for s in scored), 3)
 
-        forced = [(self.config.force[s.name], s) for s in scored if s.name in self.config.force]
+        force = self.config.forced_actions
+        forced = [(force[s.name], s) for s in scored if s.name in force]
         if forced:
             action, symbol = max(forced, key=lambda pair: pair[0].severity)
             # A check may suggest the text the client sees (e.g. the virus name).

@@ -183,9 +183,7 @@ class ProxyHandler:
         backend_reply = ""
         action = verdict.action
         if action in (Action.ACCEPT, Action.TAG):
-            message = (
-                stamp(env.raw, verdict, env.id) if gateway.settings.policy.add_headers else env.raw
-            )
+            message = self._stamp(ctx, verdict)
             try:
                 reply = await backend.data(message)
             except RelayError as exc:
@@ -211,7 +209,7 @@ class ProxyHandler:
 
     async def _quarantine(self, ctx: ScanContext, verdict: Verdict) -> str:
         env = ctx.envelope
-        message = stamp(env.raw, verdict, env.id)
+        message = self._stamp(ctx, verdict)
         try:
             await asyncio.to_thread(
                 self.gateway.quarantine.hold,
@@ -228,6 +226,12 @@ class ProxyHandler:
             log.error("%s: quarantine failed: %s", env.id, exc)
             return replies.S451_STORE_FAILED.format(id=env.id)
         return replies.S250_QUEUED.format(id=env.id)
+
+    def _stamp(self, ctx: ScanContext, verdict: Verdict) -> bytes:
+        env = ctx.envelope
+        if not self.gateway.settings.policy.add_headers:
+            return env.raw
+        return stamp(env.raw, verdict, env.id, ctx.added_headers, self.gateway.hostname)
 
     @staticmethod
     def _reject_text(verdict: Verdict, event_id: str) -> str:

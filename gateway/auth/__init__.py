@@ -1,0 +1,1 @@
+"""Sender authentication protocols (SPF, DKIM, DMARC, ARC) and Authentication-Results."""

@@ -1,0 +1,117 @@
+"""DKIM (RFC 6376) verification with dkimpy; keys fetched through Mailmoat's DnsClient.
+
+Each signature's key is fetched first (async, cached), so a DNS failure is told apart from
+a bad signature; dkimpy then verifies in a worker thread with that key and no DNS of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import dkim
+from dkim.util import InvalidTagValueList, parse_tag_value
+
+from gateway.clients.dns import DnsClient, DnsTempError
+
+
+@dataclass(frozen=True, slots=True)
+class DkimResult:
+    """One signature's outcome. ``status``: valid invalid expired nokey temperror permerror."""
+
+    status: str
+    domain: str
+    selector: str
+    algorithm: str
+    reason: str = ""
+
+    @property
+    def result(self) -> str:
+        """The RFC 8601 result keyword."""
+        return {
+            "valid": "pass",
+            "invalid": "fail",
+            "expired": "fail",
+            "nokey": "permerror",
+            "temperror": "temperror",
+        }.get(self.status, "permerror")
+
+
+class _Recorder(logging.Handler):
+    """Keeps what dkimpy logs at error level: its only report of key problems."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def signatures(raw: bytes) -> list[dict[bytes, bytes]]:
+    """The tags of every DKIM-Signature header, topmost first (unparseable ones as {})."""
+    found: list[dict[bytes, bytes]] = []
+    try:
+        headers = dkim.DKIM(raw).headers
+    except dkim.DKIMException:
+        return found
+    for name, value in headers:
+        if name.lower() == b"dkim-signature":
+            try:
+                found.append(parse_tag_value(value))
+            except InvalidTagValueList:
+                found.append({})
+    return found
+
+
+def _verify(raw: bytes, index: int, key: bytes, minkey: int) -> tuple[bool, str, list[str]]:
+    # A logger of its own (not registered), so concurrent verifications never mix reports.
+    logger = logging.Logger("dkimpy")  # noqa: LOG001 - private, never registered
+    recorder = _Recorder()
+    logger.addHandler(recorder)
+    try:
+        verifier = dkim.DKIM(raw, logger=logger, minkey=minkey)
+        ok = verifier.verify(idx=index, dnsfunc=lambda name, timeout=5: key)
+        return bool(ok), "", recorder.messages
+    except dkim.DKIMException as exc:
+        return False, str(exc), recorder.messages
+
+
+async def verify_dkim(
+    raw: bytes, client: DnsClient, max_signatures: int, minkey: int
+) -> list[DkimResult]:
+    """Verify up to ``max_signatures`` signatures; an empty list means the message has none."""
+    tags_list = (await asyncio.to_thread(signatures, raw))[:max_signatures]
+    return list(
+        await asyncio.gather(*(_one(raw, i, t, client, minkey) for i, t in enumerate(tags_list)))
+    )
+
+
+async def _one(
+    raw: bytes, index: int, tags: dict[bytes, bytes], client: DnsClient, minkey: int
+) -> DkimResult:
+    domain = tags.get(b"d", b"").decode("ascii", "replace").lower()
+    selector = tags.get(b"s", b"").decode("ascii", "replace")
+    algorithm = tags.get(b"a", b"").decode("ascii", "replace")
+    if not domain or not selector:
+        return DkimResult("permerror", domain, selector, algorithm, "missing d= or s=")
+    try:
+        records = await client.txt(f"{selector}._domainkey.{domain}")
+    except DnsTempError as exc:
+        return DkimResult("temperror", domain, selector, algorithm, str(exc))
+    keys = [r for r in records if b"p=" in r]
+    if not keys:
+        return DkimResult("nokey", domain, selector, algorithm, "no key published")
+    ok, error, logged = await asyncio.to_thread(_verify, raw, index, keys[0], minkey)
+    if ok:
+        return DkimResult("valid", domain, selector, algorithm)
+    if "x= value is past" in error:
+        return DkimResult("expired", domain, selector, algorithm, "signature expired")
+    if "body hash mismatch" in error:
+        return DkimResult("invalid", domain, selector, algorithm, "body hash")
+    if error:
+        return DkimResult("permerror", domain, selector, algorithm, error[:200])
+    if logged:  # dkimpy logs, then returns False, for a key it cannot use
+        return DkimResult("invalid", domain, selector, algorithm, f"key: {logged[-1][:150]}")
+    return DkimResult("invalid", domain, selector, algorithm, "signature")

@@ -1,0 +1,305 @@
+"""SPF, DKIM, DMARC and ARC against a real DNS server on loopback with the tests' own zones."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gateway.auth.dmarc import aligned, evaluate, organizational_domain, parse_record
+from gateway.auth.results import authserv_id_of, strip_forged
+from gateway.clients.dns import DnsClient
+from gateway.config import DnsConfig
+from gateway.types import Action
+from tests import authdata
+from tests.authdata import LIST_IP, OTHER_IP, SENDER_IP
+from tests.checks.golden import offline_settings, scan_with_context
+from tests.dnsserver import DnsServer
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory):
+    return authdata.make_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+async def dns(keys):
+    server = await DnsServer(authdata.make_zone(keys)).start()
+    yield server
+    await server.stop()
+
+
+async def scan(
+    dns, raw, ip=SENDER_IP, mail_from="alice@sender.test", helo="mail.sender.test", **auth
+):
+    settings = offline_settings(dns={"nameservers": [dns.address], "timeout": 1.0}, auth=auth)
+    verdict, ctx = await scan_with_context(
+        raw, settings, client_ip=ip, mail_from=mail_from, helo=helo
+    )
+    found = {s.name: s for s in verdict.symbols if s.check == "auth"}
+    header = dict(ctx.added_headers).get("Authentication-Results", "")
+    return verdict, found, header
+
+
+# --- SPF ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "ip", "symbol"),
+    [
+        ("a@sender.test", SENDER_IP, "SPF_PASS"),
+        ("a@sender.test", OTHER_IP, "SPF_FAIL"),
+        ("a@softfail.test", OTHER_IP, "SPF_SOFTFAIL"),
+        ("a@neutral.test", OTHER_IP, "SPF_NEUTRAL"),
+        ("a@nospf.test", OTHER_IP, "SPF_NONE"),
+        ("a@include.test", SENDER_IP, "SPF_PASS"),
+        ("a@include.test", OTHER_IP, "SPF_FAIL"),
+        ("a@redirect.test", SENDER_IP, "SPF_PASS"),
+        ("a@a.test", SENDER_IP, "SPF_PASS"),
+        ("a@mx.test", SENDER_IP, "SPF_PASS"),
+        ("a@mx.test", OTHER_IP, "SPF_FAIL"),
+        ("a@exists.test", SENDER_IP, "SPF_PASS"),
+        ("a@exists.test", OTHER_IP, "SPF_FAIL"),
+        ("a@loop.test", SENDER_IP, "SPF_PERMERROR"),
+        ("a@broken.test", SENDER_IP, "SPF_PERMERROR"),
+        ("a@servfail.test", SENDER_IP, "SPF_TEMPERROR"),
+        ("a@slow.test", SENDER_IP, "SPF_TEMPERROR"),
+    ],
+)
+async def test_spf(dns, mail_from, ip, symbol):
+    _, found, header = await scan(dns, authdata.message(), ip=ip, mail_from=mail_from)
+    spf = [name for name in found if name.startswith("SPF_")]
+    assert spf == [symbol]
+    assert f"spf={symbol[4:].lower()} smtp.mailfrom={mail_from}" in header
+
+
+async def test_spf_uses_helo_for_the_null_sender(dns):
+    _, found, header = await scan(dns, authdata.message(), mail_from="", helo="sender.test")
+    assert found["SPF_PASS"].details["identity"] == "helo"
+    assert "smtp.helo=sender.test" in header
+
+
+async def test_spf_lookup_limit_is_in_the_details(dns):
+    _, found, _ = await scan(dns, authdata.message(), mail_from="a@loop.test")
+    assert "lookup" in found["SPF_PERMERROR"].details["explanation"].lower()
+
+
+# --- DKIM --------------------------------------------------------------------------------
+
+
+async def test_dkim_valid_rsa(dns, keys):
+    _, found, header = await scan(dns, authdata.sign_rsa(authdata.message(), keys))
+    [sig] = found["DKIM_VALID"].details["signatures"]
+    assert (sig["domain"], sig["selector"], sig["algorithm"]) == (
+        "sender.test",
+        "sel",
+        "rsa-sha256",
+    )
+    assert "dkim=pass header.d=sender.test header.s=sel" in header
+
+
+async def test_dkim_valid_ed25519(dns, keys):
+    _, found, _ = await scan(dns, authdata.sign_ed25519(authdata.message(), keys))
+    assert found["DKIM_VALID"].details["signatures"][0]["algorithm"] == "ed25519-sha256"
+
+
+async def test_dkim_body_modified(dns, keys):
+    signed = authdata.sign_rsa(authdata.message(), keys)
+    _, found, header = await scan(dns, signed.replace(b"Numbers attached.", b"Numbers changed."))
+    assert found["DKIM_INVALID"].details["signatures"][0]["reason"] == "body hash"
+    assert "dkim=fail (body hash)" in header
+
+
+async def test_dkim_header_modified(dns, keys):
+    signed = authdata.sign_rsa(authdata.message(), keys)
+    _, found, _ = await scan(dns, signed.replace(b"Quarterly report", b"Quarterly REPORT"))
+    assert found["DKIM_INVALID"].details["signatures"][0]["reason"] == "signature"
+
+
+async def test_dkim_key_missing(dns, keys):
+    signed = authdata.sign_rsa(authdata.message(), keys, selector="gone")
+    _, found, header = await scan(dns, signed)
+    assert found["DKIM_NO_KEY"].details["signatures"][0]["selector"] == "gone"
+    assert "dkim=permerror" in header
+
+
+async def test_dkim_expired(dns, keys):
+    signed = authdata.sign_rsa(authdata.message(), keys)
+    expired = signed.replace(b"DKIM-Signature: v=1;", b"DKIM-Signature: v=1; x=1000000000;", 1)
+    _, found, _ = await scan(dns, expired)
+    assert "DKIM_EXPIRED" in found
+
+
+async def test_dkim_key_lookup_failure_is_a_temperror(dns, keys):
+    dns.zone.drop.add("sel._domainkey.sender.test.")
+    _, found, _ = await scan(dns, authdata.sign_rsa(authdata.message(), keys))
+    assert "DKIM_TEMPERROR" in found
+
+
+async def test_no_signature(dns):
+    _, found, header = await scan(dns, authdata.message())
+    assert "DKIM_NONE" in found
+    assert "dkim=none" in header
+
+
+async def test_signature_limit(dns, keys):
+    raw = authdata.message()
+    for _ in range(4):
+        raw = authdata.sign_rsa(raw, keys)
+    _, found, _ = await scan(dns, raw, max_signatures=2)
+    assert len(found["DKIM_VALID"].details["signatures"]) == 2
+
+
+# --- DMARC -------------------------------------------------------------------------------
+
+
+async def test_dmarc_pass_by_spf_alignment_alone(dns):
+    _, found, header = await scan(dns, authdata.message())  # unsigned, SPF pass
+    assert found["DMARC_PASS"].details["spf_aligned"] is True
+    assert found["DMARC_PASS"].details["dkim_aligned"] is False
+    assert "dmarc=pass (p=reject) header.from=sender.test" in header
+
+
+async def test_dmarc_pass_by_dkim_alignment_alone(dns, keys):
+    signed = authdata.sign_rsa(authdata.message(), keys)
+    _, found, _ = await scan(dns, signed, ip=OTHER_IP)  # SPF fails, DKIM aligned
+    assert "SPF_FAIL" in found
+    assert found["DMARC_PASS"].details["dkim_aligned"] is True
+
+
+async def test_dmarc_fail_with_p_reject_is_rejected(dns):
+    verdict, found, header = await scan(dns, authdata.message(), ip=OTHER_IP)
+    assert found["DMARC_FAIL"].details["policy"] == "reject"
+    assert "DMARC_POLICY_REJECT" in found
+    assert verdict.action is Action.REJECT
+    assert verdict.reply_text == "Rejected by the DMARC policy of sender.test"
+    assert "dmarc=fail (p=reject)" in header
+
+
+async def test_dmarc_reject_can_be_only_scored(dns):
+    settings = offline_settings(
+        dns={"nameservers": [dns.address]}, auth={}
+    ).model_copy(update={"policy": offline_settings().policy.model_copy(
+        update={"force": {"DMARC_POLICY_REJECT": "score"}})})  # fmt: skip
+    verdict, _ = await scan_with_context(authdata.message(), settings, client_ip=OTHER_IP,
+                                         mail_from="a@sender.test", helo="h")  # fmt: skip
+    assert "DMARC_POLICY_REJECT" in verdict.symbol_names
+    assert verdict.action is not Action.REJECT
+
+
+async def test_dmarc_quarantine(dns):
+    verdict, found, _ = await scan(
+        dns, authdata.message("eve@quarantine.test"), ip=OTHER_IP, mail_from="eve@quarantine.test"
+    )
+    assert "DMARC_POLICY_QUARANTINE" in found
+    assert verdict.action is Action.QUARANTINE
+
+
+async def test_dmarc_subdomain_policy(dns):
+    raw = authdata.message("a@sub.parent.test")
+    _, found, _ = await scan(dns, raw, ip=OTHER_IP, mail_from="a@sub.parent.test")
+    details = found["DMARC_FAIL"].details
+    assert details["record_domain"] == "parent.test"
+    assert details["published_policy"] == "reject"  # sp=, not p=none
+    assert "DMARC_POLICY_REJECT" in found
+
+
+async def test_dmarc_pct_zero_downgrades_reject_to_quarantine(dns):
+    raw = authdata.message("a@pct.test")
+    _, found, _ = await scan(dns, raw, ip=OTHER_IP, mail_from="a@pct.test")
+    assert found["DMARC_FAIL"].details["sampled"] is False
+    assert "DMARC_POLICY_QUARANTINE" in found
+    assert "DMARC_POLICY_REJECT" not in found
+
+
+async def test_dmarc_pct_samples(dns):
+    client = DnsClient(DnsConfig(nameservers=[dns.address]))
+    dns.zone.add("_dmarc.half.test", "TXT", '"v=DMARC1; p=reject; pct=50"')
+    rng = random.Random(7)
+    results = [
+        (await evaluate(client, ["half.test"], "fail", "half.test", [], rng)).policy
+        for _ in range(400)
+    ]
+    assert 150 < results.count("reject") < 250
+    assert set(results) == {"reject", "quarantine"}
+
+
+async def test_dmarc_none_and_temperror(dns):
+    _, found, _ = await scan(dns, authdata.message("a@nospf.test"), mail_from="a@nospf.test")
+    assert "DMARC_NONE" in found
+    dns.zone.servfail.add("_dmarc.sender.test.")
+    _, found, _ = await scan(dns, authdata.message(), ip=OTHER_IP)
+    assert "DMARC_TEMPERROR" in found
+    assert "DMARC_POLICY_REJECT" not in found
+
+
+def test_dmarc_helpers():
+    assert organizational_domain("a.b.example.co.uk") == "example.co.uk"
+    assert aligned("mail.sender.test", "sender.test", "r")
+    assert not aligned("mail.sender.test", "sender.test", "s")
+    assert parse_record("v=DMARC1; p=bogus") is None
+    assert parse_record("v=DMARC1; p=bogus; rua=mailto:x@y").p == "none"
+    record = parse_record("v=DMARC1;p=quarantine;sp=none;pct=250;adkim=s")
+    assert (record.p, record.sp, record.pct, record.adkim, record.aspf) == (
+        "quarantine",
+        "none",
+        100,
+        "s",
+        "r",
+    )
+    assert parse_record("p=reject") is None
+
+
+# --- ARC ---------------------------------------------------------------------------------
+
+
+async def test_arc_through_a_mailing_list(dns, keys):
+    listed = authdata.through_mailing_list(authdata.sign_rsa(authdata.message(), keys), keys)
+    args = {"ip": LIST_IP, "mail_from": "team-bounces@list.test"}
+    verdict, found, header = await scan(dns, listed, **args)
+    assert found["ARC_PASS"].details["sealer"] == "list.test"
+    assert "DKIM_INVALID" in found  # the list changed subject and body
+    assert "DMARC_FAIL" in found  # SPF passes for list.test, which is not aligned
+    assert verdict.action is Action.REJECT  # nobody trusts the list yet
+    assert "arc=pass" in header
+    verdict, found, _ = await scan(dns, listed, arc_trusted_sealers=["list.test"], **args)
+    assert found["DMARC_FAIL"].details["overridden_by_arc"] == "list.test"
+    assert "DMARC_POLICY_REJECT" not in found
+    assert verdict.action is not Action.REJECT
+
+
+async def test_arc_broken_chain(dns, keys):
+    listed = authdata.through_mailing_list(authdata.sign_rsa(authdata.message(), keys), keys)
+    tampered = listed.replace(b"[team] Quarterly", b"[team] Quarterly!!")
+    _, found, _ = await scan(dns, tampered, ip=LIST_IP, mail_from="team-bounces@list.test")
+    assert "ARC_FAIL" in found
+
+
+async def test_arc_none(dns):
+    _, found, _ = await scan(dns, authdata.message())
+    assert "ARC_NONE" in found
+
+
+# --- Authentication-Results --------------------------------------------------------------
+
+
+def test_forged_authentication_results_claiming_our_id_are_removed():
+    raw = (
+        b"Authentication-Results: MX.test; dkim=pass header.d=bank.test\r\n"
+        b"Authentication-Results: (comment) mx.test 1; spf=pass\r\n"
+        b"Authentication-Results: other.test; spf=fail\r\n"
+        b"Subject: hi\r\n\r\nAuthentication-Results: mx.test; in the body\r\n"
+    )
+    out = strip_forged(raw, "mx.test")
+    assert out == (
+        b"Authentication-Results: other.test; spf=fail\r\n"
+        b"Subject: hi\r\n\r\nAuthentication-Results: mx.test; in the body\r\n"
+    )
+    assert authserv_id_of(" example.org 1; none") == "example.org"
+
+
+async def test_dns_goes_to_the_configured_server(dns, keys):
+    await scan(dns, authdata.sign_rsa(authdata.message(), keys))
+    assert dns.queries[("sender.test.", "TXT")] >= 1  # pyspf, through our resolver
+    assert dns.queries[("sel._domainkey.sender.test.", "TXT")] == 1  # dkimpy's key
+    assert dns.queries[("_dmarc.sender.test.", "TXT")] == 1  # fetched once, then cached
