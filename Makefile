@@ -6,7 +6,8 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: run stop test lint typecheck pytest system-deps venv tls clean
+.PHONY: run stop test lint typecheck pytest system-deps venv tls clean model
+CORPUS ?= ../shared/corpora/spamassassin-public.tar.gz
 
 run: venv tls
 	scripts/clamd start
@@ -44,6 +45,16 @@ typecheck: venv
 
 pytest: venv
 	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
+
+# Rebuild the shipped model from the SpamAssassin corpus: dataset (fixed md5 split),
+# train, evaluate against the model in service, promote if not worse.
+model: venv
+	$(BIN)/mailmoat model dataset --corpus $(CORPUS) --split md5 --keep-duplicates \
+		--out var/datasets/spamassassin.jsonl.gz
+	$(BIN)/mailmoat model train var/datasets/spamassassin.jsonl.gz --name spamassassin
+	id=$$(ls -t models | grep '^spamassassin-' | head -1); \
+	$(BIN)/mailmoat model evaluate $$id --on var/datasets/spamassassin.jsonl.gz && \
+	$(BIN)/mailmoat model promote $$id
 
 stop:
 	scripts/clamd stop

@@ -1,4 +1,4 @@
-"""The ``mailmoat`` command: serve, scan, config check, events, quarantine."""
+"""The ``mailmoat`` command: serve, scan, config check, events, label, quarantine, model."""
 
 from __future__ import annotations
 
@@ -228,6 +228,37 @@ def cmd_events_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events_purge(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        before = parse_time(args.events_older_than) if args.events_older_than else None
+        print(json.dumps(store.purge(events_before=before)))
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        if args.withdraw:
+            count = store.withdraw_labels(args.id, args.by)
+            print(f"withdrew {count} label(s) of {args.id}")
+        elif args.history:
+            for label in store.labels(args.id):
+                print(json.dumps(label.to_dict()) if args.json else
+                      f"{_fmt_time(label.time)}  {label.label:<8} {label.source:<8} {label.author}"
+                      f"{'  (withdrawn)' if label.withdrawn else ''}  {label.note}")  # fmt: skip
+        else:
+            if args.label is None:
+                raise ValueError("give a label: spam, ham, phish or malware (or --withdraw)")
+            entry = store.add_label(args.id, args.label, "cli", args.by, args.note)
+            print(json.dumps(entry.to_dict()) if args.json else f"{args.id}: {entry.label}")
+    finally:
+        store.close()
+    return 0
+
+
 # --- quarantine -----------------------------------------------------------------------
 
 
@@ -289,14 +320,22 @@ async def _release(settings: Settings, message_id: str) -> int:
 # --- parser ---------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+TRAINING_COMMANDS = ("model", "learn")
+
+
+def build_parser(with_training: bool = False) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config", "-c", metavar="FILE", help="TOML config (default: embedded defaults)"
     )
     common.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
 
-    parser = argparse.ArgumentParser(prog="mailmoat", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mailmoat",
+        description=__doc__,
+        epilog="Analysts' commands: mailmoat model {dataset,train,evaluate,promote,rollback,"
+        "list,show} and mailmoat learn (see `mailmoat model --help`).",
+    )
     parser.add_argument("--version", action="version", version=f"mailmoat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -333,6 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
     eshow.add_argument("id")
     eshow.add_argument("--json", action="store_true")
     eshow.set_defaults(func=cmd_events_show)
+    epurge = events_sub.add_parser(
+        "purge", parents=[common], help="drop expired raw messages (feature snapshots stay)"
+    )
+    epurge.add_argument("--events-older-than", metavar="T", help="also drop unlabelled events")
+    epurge.set_defaults(func=cmd_events_purge)
+
+    label = sub.add_parser("label", parents=[common], help="label an event for retraining")
+    label.add_argument("id")
+    label.add_argument("label", nargs="?", choices=["spam", "ham", "phish", "malware"])
+    label.add_argument("--note", default="")
+    label.add_argument("--by", default=os.environ.get("USER", "cli"), help="who labels")
+    label.add_argument("--withdraw", action="store_true", help="withdraw the event's labels")
+    label.add_argument("--history", action="store_true", help="show the label history")
+    label.add_argument("--json", action="store_true")
+    label.set_defaults(func=cmd_label)
 
     quarantine = sub.add_parser("quarantine", help="held messages")
     q_sub = quarantine.add_subparsers(dest="qcommand", required=True)
@@ -351,20 +405,29 @@ def build_parser() -> argparse.ArgumentParser:
             qcmd.add_argument("--raw", action="store_true", help="print the message bytes")
     for qcmd in q_sub.choices.values():
         qcmd.set_defaults(func=cmd_quarantine)
+    if with_training:
+        # The analysts' commands live in training/; the gateway loads them only for these.
+        from training.cli import add_model_parser
+
+        add_model_parser(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mailmoat`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(with_training=bool(arguments) and arguments[0] in TRAINING_COMMANDS)
+    args = parser.parse_args(arguments)
     level = args.log_level
     if args.command == "serve" and level == "WARNING":
         level = "INFO"
     _setup_logging(level, events_to_stderr=args.command == "serve")
     started = time.perf_counter()
     try:
-        status: int = args.func(args)
+        if args.command in TRAINING_COMMANDS:
+            status: int = args.func(args, _settings(args))
+        else:
+            status = args.func(args)
     except UnknownIdError as exc:
         print(f"mailmoat: {exc}", file=sys.stderr)
         return 1

@@ -122,6 +122,12 @@ class StoreConfig(FrozenModel):
 
     path: Path = Path("var/store")
     jsonl: Path | None = None
+    # Raw messages kept for retraining and replay (compressed): this fraction of all mail,
+    # plus every quarantined one; kept retain_days, forever once labelled. Feature snapshots
+    # are kept for every message, so labels stay trainable after the raw expires.
+    retain_sample_rate: Annotated[float, Field(ge=0, le=1)] = 0.1
+    retain_days: PositiveFloat = 30.0
+    retain_max_bytes: PositiveInt = 10 * 1024 * 1024
 
     @property
     def database(self) -> Path:
@@ -219,6 +225,18 @@ class DnsConfig(FrozenModel):
         return value
 
 
+class TrainingConfig(FrozenModel):
+    """``[training]``: the analysts' loop (training/, `mailmoat model ...`)."""
+
+    # The ham false-positive rate the spam threshold is chosen for.
+    target_fpr: Annotated[float, Field(gt=0, lt=0.5)] = 0.001
+    # The linear SVM's regularisation (higher fits the training data more closely).
+    c: PositiveFloat = 1.0
+    models_dir: Path = PROJECT_ROOT / "models"
+    datasets_dir: Path = Path("var/datasets")
+    reports_dir: Path = Path("var/reports")
+
+
 class CheckConfig(FrozenModel):
     """Settings every check has; a check subclasses this to declare its own keys."""
 
@@ -244,6 +262,7 @@ class Settings(BaseSettings):
     policy: PolicyConfig = PolicyConfig()
     antivirus: ClamdConfig = ClamdConfig()
     dns: DnsConfig = DnsConfig()
+    training: TrainingConfig = TrainingConfig()
     checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @classmethod

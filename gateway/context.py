@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from gateway.message import ParsedMessage
+from gateway.ml.features import Features, extract
 
 
 def new_connection_id() -> str:
@@ -53,3 +54,8 @@ class ScanContext:
     def message(self) -> ParsedMessage:
         """The parsed message (parsed once, on first use)."""
         return ParsedMessage.parse(self.envelope.raw)
+
+    @cached_property
+    def features(self) -> Features:
+        """Model features, computed once: used by the classifier and stored with the event."""
+        return extract(self.message)

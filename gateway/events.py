@@ -8,6 +8,7 @@ import re
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -89,7 +90,7 @@ class EventFilter:
 class EventStore(Protocol):
     """What the gateway needs of an event store (SQLite now; PostgreSQL can follow)."""
 
-    def add(self, event: SecurityEvent) -> None: ...
+    def add(self, event: SecurityEvent, retained: Retained | None = None) -> None: ...
     def get(self, event_id: str) -> SecurityEvent: ...
     def list(self, where: EventFilter) -> list[SecurityEvent]: ...
     def close(self) -> None: ...
@@ -134,7 +135,55 @@ CREATE TABLE IF NOT EXISTS quarantine (
     status_time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_time ON quarantine (status, time);
+CREATE TABLE IF NOT EXISTS retained (
+    event_id TEXT PRIMARY KEY REFERENCES events (id) ON DELETE CASCADE,
+    time REAL NOT NULL,
+    expires REAL,
+    raw BLOB,
+    features BLOB,
+    feature_version INTEGER
+);
+CREATE INDEX IF NOT EXISTS retained_expires ON retained (expires);
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    source TEXT NOT NULL,
+    author TEXT NOT NULL,
+    note TEXT NOT NULL,
+    time REAL NOT NULL,
+    withdrawn REAL
+);
+CREATE INDEX IF NOT EXISTS labels_event ON labels (event_id, time);
 """
+
+LABELS = ("spam", "ham", "phish", "malware")
+
+
+@dataclass(frozen=True, slots=True)
+class Retained:
+    """What is kept of a message for retraining: raw bytes (maybe) and a feature snapshot."""
+
+    raw: bytes | None
+    features: Mapping[str, Any] | None
+    expires: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """One analyst label with its provenance; withdrawn labels stay in the history."""
+
+    event_id: str
+    label: str
+    source: str
+    author: str
+    note: str
+    time: float
+    withdrawn: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON shape for the CLI."""
+        return asdict(self)
 
 
 class SqliteStore:
@@ -183,8 +232,8 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
 
-    def add(self, event: SecurityEvent) -> None:
-        """Store one event and its symbols."""
+    def add(self, event: SecurityEvent, retained: Retained | None = None) -> None:
+        """Store one event and its symbols (and what is retained of the message, if any)."""
         record = event.to_dict()
         with self.transaction() as db:
             db.execute(
@@ -207,6 +256,123 @@ class SqliteStore:
                 "INSERT INTO event_symbols (event_id, symbol, score, time) VALUES (?, ?, ?, ?)",
                 [(event.id, s["name"], s.get("score", 0.0), event.time) for s in event.symbols],
             )
+            if retained is not None:
+                features = retained.features
+                db.execute(
+                    "INSERT INTO retained (event_id, time, expires, raw, features, feature_version)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        event.id,
+                        event.time,
+                        retained.expires,
+                        None if retained.raw is None else zlib.compress(retained.raw, 6),
+                        None if features is None else zlib.compress(json.dumps(features).encode()),
+                        None if features is None else features.get("version"),
+                    ),
+                )
+
+    def retained(self, event_id: str) -> Retained | None:
+        """The retained raw message and feature snapshot of an event, if any."""
+        rows = self.query(
+            "SELECT raw, features, expires FROM retained WHERE event_id = ?",
+            (validate_id(event_id),),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        raw = zlib.decompress(row["raw"]) if row["raw"] is not None else None
+        features = json.loads(zlib.decompress(row["features"])) if row["features"] else None
+        return Retained(raw, features, row["expires"])
+
+    def add_label(
+        self, event_id: str, label: str, source: str, author: str, note: str = ""
+    ) -> Label:
+        """Label an event (the latest label wins; earlier ones stay in the history).
+
+        A labelled message is training data: its retained raw message no longer expires.
+        """
+        if label not in LABELS:
+            raise ValueError(f"label must be one of {', '.join(LABELS)}, not {label!r}")
+        self.get(event_id)
+        entry = Label(event_id, label, source, author, note[:1000], time.time())
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO labels (event_id, label, source, author, note, time)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (entry.event_id, entry.label, entry.source, entry.author, entry.note, entry.time),
+            )
+            db.execute("UPDATE retained SET expires = NULL WHERE event_id = ?", (event_id,))
+        return entry
+
+    def withdraw_labels(self, event_id: str, author: str) -> int:
+        """Withdraw every active label of an event (unlearn); returns how many."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE labels SET withdrawn = ?, note = note || ? WHERE event_id = ?"
+                " AND withdrawn IS NULL",
+                (time.time(), f" [withdrawn by {author}]", validate_id(event_id)),
+            )
+            return int(cursor.rowcount)
+
+    def labels(self, event_id: str) -> list[Label]:
+        """The label history of an event, oldest first."""
+        rows = self.query(
+            "SELECT event_id, label, source, author, note, time, withdrawn FROM labels"
+            " WHERE event_id = ? ORDER BY id",
+            (validate_id(event_id),),
+        )
+        return [Label(**dict(r)) for r in rows]
+
+    def current_label(self, event_id: str) -> Label | None:
+        """The label in force: the newest that is not withdrawn."""
+        active = [label for label in self.labels(event_id) if label.withdrawn is None]
+        return active[-1] if active else None
+
+    def labelled_messages(self, since: float | None, until: float | None) -> list[dict[str, Any]]:
+        """Every event with a label in force, with its retained raw and features."""
+        rows = self.query(
+            "SELECT l.event_id, l.label, l.source, e.time, r.raw, r.features FROM labels l"
+            " JOIN events e ON e.id = l.event_id LEFT JOIN retained r ON r.event_id = l.event_id"
+            " WHERE l.withdrawn IS NULL AND l.id = (SELECT MAX(id) FROM labels"
+            "   WHERE event_id = l.event_id AND withdrawn IS NULL)"
+            " AND e.time >= ? AND e.time < ? ORDER BY e.time",
+            (since or 0.0, until or 1e12),
+        )
+        result = []
+        for row in rows:
+            item = dict(row)
+            item["raw"] = zlib.decompress(row["raw"]) if row["raw"] is not None else None
+            item["features"] = (
+                json.loads(zlib.decompress(row["features"])) if row["features"] else None
+            )
+            result.append(item)
+        return result
+
+    def find_by_message_id(self, message_id: str) -> list[str]:
+        """Ids of message events with this Message-ID (newest first)."""
+        rows = self.query(
+            "SELECT id FROM events WHERE message_id = ? AND kind = 'message' ORDER BY time DESC",
+            (message_id,),
+        )
+        return [r["id"] for r in rows]
+
+    def purge(self, now: float | None = None, events_before: float | None = None) -> dict[str, int]:
+        """Drop expired raw messages (snapshots stay); optionally old unlabelled events."""
+        now = now if now is not None else time.time()
+        with self.transaction() as db:
+            raw = db.execute(
+                "UPDATE retained SET raw = NULL WHERE expires IS NOT NULL AND expires < ?"
+                " AND raw IS NOT NULL",
+                (now,),
+            ).rowcount
+            events = 0
+            if events_before is not None:
+                events = db.execute(
+                    "DELETE FROM events WHERE time < ? AND id NOT IN (SELECT event_id FROM labels)"
+                    " AND id NOT IN (SELECT id FROM quarantine WHERE status = 'held')",
+                    (events_before,),
+                ).rowcount
+        return {"raw_messages": int(raw), "events": int(events)}
 
     def get(self, event_id: str) -> SecurityEvent:
         """One event by id."""
@@ -274,7 +440,7 @@ class EventRecorder:
         self.store = store
         self.jsonl = jsonl
 
-    def record(self, event: SecurityEvent) -> None:
+    def record(self, event: SecurityEvent, retained: Retained | None = None) -> None:
         """Record one event; raise StoreError when the store could not keep it."""
         if event_log.isEnabledFor(logging.INFO):
             event_log.info(json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":")))
@@ -282,7 +448,7 @@ class EventRecorder:
             if self.jsonl is not None:
                 self.jsonl.write(event)
         finally:
-            self.store.add(event)
+            self.store.add(event, retained)
 
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 from pathlib import Path
 
 from gateway import __version__
 from gateway.config import Settings, load_settings
-from gateway.context import new_connection_id
-from gateway.errors import ConfigError, StoreError
-from gateway.events import EventRecorder, JsonLinesSink, SecurityEvent, SqliteStore
+from gateway.context import ScanContext, new_connection_id
+from gateway.errors import ConfigError, StoreError, UnknownIdError
+from gateway.events import EventRecorder, JsonLinesSink, Retained, SecurityEvent, SqliteStore
 from gateway.pipeline import Pipeline
 from gateway.quarantine import Quarantine
 from gateway.relay import Backend, Reply, deliver, make_backend
+from gateway.types import Action
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,19 @@ class Gateway:
     def _versions(settings: Settings) -> dict[str, str]:
         return {"mailmoat": __version__, "scores": file_digest(settings.policy.scores_file)}
 
-    async def record(self, event: SecurityEvent) -> bool:
+    def retention(self, ctx: ScanContext, action: Action) -> Retained:
+        """What to keep of a message for retraining (see [store] retain_*)."""
+        cfg = self.settings.store
+        raw = ctx.envelope.raw
+        keep = action is Action.QUARANTINE or random.random() < cfg.retain_sample_rate  # noqa: S311
+        keep_raw = keep and len(raw) <= cfg.retain_max_bytes
+        expires = ctx.envelope.received_at + cfg.retain_days * 86400
+        return Retained(raw if keep_raw else None, ctx.features.to_dict(), expires)
+
+    async def record(self, event: SecurityEvent, retained: Retained | None = None) -> bool:
         """Record an event off the event loop; a store failure is logged, never raised."""
         try:
-            await asyncio.to_thread(self.recorder.record, event)
+            await asyncio.to_thread(self.recorder.record, event, retained)
         except StoreError as exc:
             log.error("event %s could not be stored: %s", event.id, exc)
             return False
@@ -82,6 +93,11 @@ class Gateway:
         reply = await deliver(self.backend, entry.mail_from, entry.rcpts, message)
         if reply.ok:
             await asyncio.to_thread(self.quarantine.set_status, message_id, "released")
+            # A released message was a false positive: that is a label (ham) for retraining.
+            try:
+                await asyncio.to_thread(self.store.add_label, message_id, "ham", "release", actor)
+            except UnknownIdError:
+                log.warning("released %s has no event to label", message_id)
         await self.record(
             SecurityEvent(
                 id=f"{new_connection_id()}.1",

@@ -72,6 +72,8 @@ def config_factory(tmp_path: Path) -> Callable[..., Path]:
             # Tests that want clamd or DNS enable these checks with their own servers.
             "checks.antivirus": {"enabled": False},
             "checks.auth": {"enabled": False},
+            # The model's score would blur the exact scores these tests check.
+            "checks.classifier": {"enabled": False},
         }
         for name, values in sections.items():
             key = name.replace("__", ".")

@@ -22,7 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def scan_config(tmp_path, clamd):
     return write_config(
         tmp_path / "scan.toml",
-        {"antivirus": {"address": clamd.address}, "checks.auth": {"enabled": False}},
+        {
+            "antivirus": {"address": clamd.address},
+            "checks.auth": {"enabled": False},
+            "checks.classifier": {"enabled": False},
+        },
     )
 
 
@@ -61,7 +65,10 @@ def test_config_check_ok_and_error(tmp_path, capsys):
     assert (
         main(["config", "check", "--config", str(ROOT / "config" / "mailmoat.example.toml")]) == 0
     )
-    assert "checks   protocol, headers, antivirus, content, auth" in capsys.readouterr().out
+    assert (
+        "checks   protocol, headers, antivirus, content, auth, classifier"
+        in capsys.readouterr().out
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text("[server]\nmax_connections = -3\n")
     assert main(["config", "check", "--config", str(bad)]) == 2

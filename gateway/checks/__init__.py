@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.checks.antivirus import AntivirusCheck
 from gateway.checks.auth import AuthCheck
 from gateway.checks.base import Check
+from gateway.checks.classifier import ClassifierCheck
 from gateway.checks.content import ContentCheck
 from gateway.checks.headers import HeadersCheck
 from gateway.checks.protocol import ProtocolCheck
@@ -15,6 +16,7 @@ REGISTRY: tuple[type[Check], ...] = (
     AntivirusCheck,
     ContentCheck,
     AuthCheck,
+    ClassifierCheck,
 )
 
 

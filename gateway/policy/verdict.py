@@ -24,7 +24,12 @@ class Policy:
         """The weight of a finding. Error symbols weigh 0: an outage is not evidence of spam."""
         if finding.status is Status.ERROR:
             return 0.0
-        return self.weights.get(finding.symbol, 0.0)
+        weight = self.weights.get(finding.symbol, 0.0)
+        # A check may scale its symbol's weight (0..1), e.g. by the model's probability.
+        factor = finding.detail.get("factor")
+        if isinstance(factor, int | float):
+            weight *= min(1.0, max(0.0, float(factor)))
+        return round(weight, 3)
 
     def decide(self, findings: Iterable[Finding]) -> Verdict:
         """Apply, in order: forced actions, the error policy, the score thresholds."""

@@ -204,7 +204,7 @@ class ProxyHandler:
             else:  # DISCARD: an explicit policy decision to drop; the event records it.
                 answer = replies.S250_QUEUED.format(id=env.id)
         event = self._event(ctx, result, action.value, answer, backend_reply, verdict.reason)
-        await gateway.record(event)
+        await gateway.record(event, gateway.retention(ctx, action))
         return answer
 
     async def _quarantine(self, ctx: ScanContext, verdict: Verdict) -> str:

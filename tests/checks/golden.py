@@ -23,6 +23,7 @@ def offline_settings(
     sections: dict[str, dict[str, object]] = {
         "antivirus": {"enabled": clamd is not None},
         "auth": {"enabled": dns is not None},
+        "classifier": {"enabled": False},
     }
     for name, section in checks.items():
         sections[name] = {**sections.get(name, {}), **section}

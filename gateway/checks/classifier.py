@@ -1,0 +1,77 @@
+"""The spam classifier: a calibrated probability from the model in service, as ML_SPAM/ML_HAM."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from pydantic import Field
+
+from gateway.checks.base import parse_section
+from gateway.config import PROJECT_ROOT, CheckConfig, Settings
+from gateway.context import ScanContext
+from gateway.ml.model import SpamModel, current_model_dir, load_model
+from gateway.types import Finding, Status
+
+# Messages whose features take longer than this to classify go to a worker thread.
+THREAD_ABOVE_CHARS = 20_000
+
+
+class ClassifierConfig(CheckConfig):
+    """``[checks.classifier]``."""
+
+    models_dir: Path = PROJECT_ROOT / "models"
+    # A model id under models_dir; empty: the one named by models_dir/CURRENT.
+    model: str = ""
+    # Override the model's own threshold (chosen at training for the target FPR).
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+
+
+@dataclass
+class ClassifierCheck:
+    """ML_SPAM above the threshold, ML_HAM below; the score scales with the probability."""
+
+    name: ClassVar[str] = "classifier"
+    symbols: ClassVar[Mapping[str, str]] = {
+        "ML_SPAM": "The model says spam (details: probability, model)",
+        "ML_HAM": "The model says ham (details: probability, model)",
+    }
+    config: ClassifierConfig
+    model: SpamModel
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
+        config = parse_section(cls.name, ClassifierConfig, section)
+        models = config.models_dir
+        directory = models / config.model if config.model else current_model_dir(models)
+        return cls(config, load_model(directory))
+
+    @property
+    def threshold(self) -> float:
+        """The spam threshold in force."""
+        return self.config.threshold or self.model.threshold
+
+    async def run(self, ctx: ScanContext) -> Sequence[Finding]:
+        features = ctx.features
+        if len(features.text) > THREAD_ABOVE_CHARS:
+            probability = await asyncio.to_thread(self.model.probability, features)
+        else:
+            probability = self.model.probability(features)
+        threshold = self.threshold
+        detail: dict[str, Any] = {
+            "probability": round(probability, 6),
+            "model": self.model.id,
+            "threshold": threshold,
+        }
+        if probability >= threshold:
+            # Half the weight at the threshold, all of it at certainty.
+            detail["factor"] = round(0.5 + 0.5 * (probability - threshold) / (1 - threshold), 4)
+            return [Finding(self.name, "ML_SPAM", Status.FAIL, detail)]
+        detail["factor"] = round((threshold - probability) / threshold, 4)
+        return [Finding(self.name, "ML_HAM", Status.PASS, detail)]
+
+    async def aclose(self) -> None:
+        return None

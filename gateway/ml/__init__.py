@@ -1,0 +1,1 @@
+"""The spam model in service: features (shared with training/) and model loading."""

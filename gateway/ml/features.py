@@ -1,0 +1,193 @@
+"""The one function from a parsed message to model input, shared by the gateway and training/.
+
+A model must see in service exactly what it saw in training, so nothing else computes
+features. Only a whitelist of headers is read: verdicts other filters added on the way
+(X-Spam-*, X-Virus-*, Authentication-Results...) and trace fields (Received, Date, To) never
+reach the model, so it learns the message, not someone else's verdict or where a corpus was
+collected. Work is bounded: at most MAX_TEXT characters of text and MAX_PARTS parts.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.message import ParsedMessage, decode_header_value
+
+FEATURE_VERSION = 1
+MAX_TEXT = 20_000
+MAX_PART_BYTES = 200_000
+MAX_PARTS = 20
+MAX_URLS = 50
+
+_URL = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]{}]{2,200}""", re.IGNORECASE)
+_WS = re.compile(r"\s+")
+_EMAIL_DOMAIN = re.compile(r"@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """Model input: free text and structural tokens. JSON-serialisable for snapshots."""
+
+    text: str
+    tokens: tuple[str, ...]
+    version: int = FEATURE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot stored with events (so labels stay trainable after the raw expires)."""
+        return {"version": self.version, "text": self.text, "tokens": list(self.tokens)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Features:
+        """Inverse of to_dict."""
+        return cls(str(data["text"]), tuple(data["tokens"]), int(data["version"]))
+
+
+class _HtmlText(HTMLParser):
+    """Visible text and link targets of an HTML part (scripts and styles skipped)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.chunks: list[str] = []
+        self.links: list[str] = []
+        self.tags: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+        if tag in ("img", "form", "iframe", "table", "font", "a", "input"):
+            self.tags.append(tag)
+        for name, value in attrs:
+            if value and name in ("href", "src", "action"):
+                self.links.append(value)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.chunks.append(data)
+
+
+def html_to_text(markup: str) -> tuple[str, list[str], list[str]]:
+    """(visible text, link targets, notable tags) of HTML; malformed markup is tolerated."""
+    parser = _HtmlText()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except (AssertionError, ValueError):  # HTMLParser on hostile input
+        pass
+    return " ".join(parser.chunks), parser.links, parser.tags
+
+
+def _decode(part: Any) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    payload = payload[:MAX_PART_BYTES]
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, "replace")
+    except LookupError:  # an unknown charset name
+        return payload.decode("latin-1")
+
+
+def _domain(url: str) -> str:
+    if url.lower().startswith("www."):
+        url = "http://" + url
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+    return host.lower().rstrip(".")
+
+
+def extract(message: ParsedMessage) -> Features:
+    """Subject and body text (HTML as text), URLs and domains, structure, attachments."""
+    tokens: list[str] = []
+    texts: list[str] = []
+    urls: list[str] = []
+    walk = message.walk(max_depth=10, max_parts=MAX_PARTS * 5)
+    if walk.too_deep or walk.too_many:
+        tokens.append("struct:bounded")
+    parts = walk.parts[:MAX_PARTS]
+    tokens.append(f"struct:parts:{min(len(walk.parts), 10)}")
+    for part in parts:
+        ctype = part.content_type
+        tokens.append(f"ctype:{ctype}")
+        if part.is_attachment:
+            name = part.filename.lower()
+            extension = name.rsplit(".", 1)[-1] if "." in name else "none"
+            tokens.append(f"attach:ext:{extension[:10]}")
+            continue
+        if ctype == "text/html":
+            text, links, tags = html_to_text(_decode(part.part))
+            urls.extend(links)
+            tokens.extend(f"html:{tag}" for tag in sorted(set(tags)))
+            texts.append(text)
+        elif ctype.startswith("text/"):
+            texts.append(_decode(part.part))
+    text = html.unescape(_WS.sub(" ", " ".join(texts)))[:MAX_TEXT]
+    urls.extend(_URL.findall(text))
+    domains = {d for d in (_domain(u) for u in urls[:MAX_URLS]) if d}
+    tokens.extend(f"url:{d}" for d in sorted(domains))
+    tokens.append(f"urls:{min(len(urls), 20)}")
+    tokens.extend(_header_tokens(message))
+    subject = message.subject[:300]
+    return Features(f"{subject}\n{text}", tuple(tokens))
+
+
+# Header fields whose presence says nothing about the message itself: trace fields added on
+# the way, other filters' verdicts, mailing-list plumbing, and the collector's own fields.
+# A model that learned them would learn where a corpus was gathered, not what spam is.
+_NOT_FEATURES = re.compile(
+    r"^(received|delivered-to|delivery-date|return-path|x-original-to|x-original-date|"
+    r"x-spam.*|x-virus.*|x-mailmoat.*|authentication-results|arc-.*|dkim-signature|"
+    r"x-mailscanner.*|x-pyzor|x-razor.*|x-dcc.*|list-.*|x-mailing-list|x-beenthere|"
+    r"x-mailman-version|mailing-list|x-loop|errors-to|precedence|sender|x-egroups.*|"
+    r"x-yahoo.*|x-apparently-to|x-authentication-warning|x-keywords|status|x-status|x-uid|"
+    r"content-length|lines|x-from_|x-received|x-envelope-.*|x-rcpt-to|to|cc|date)$"
+)
+
+
+def _header_tokens(message: ParsedMessage) -> list[str]:
+    tokens: list[str] = []
+    names = {str(name).lower() for name in message.message.keys()[:200]}
+    tokens.extend(f"hdr:{n}" for n in sorted(names) if len(n) < 40 and not _NOT_FEATURES.match(n))
+    for part in message.walk(max_depth=10, max_parts=MAX_PARTS).parts:
+        charset = part.part.get_content_charset()
+        if charset:
+            tokens.append(f"charset:{charset.lower()[:30]}")
+        encoding = part.part.get("Content-Transfer-Encoding")
+        if encoding:
+            tokens.append(f"cte:{str(encoding).strip().lower()[:20]}")
+    message_id = _EMAIL_DOMAIN.search(message.message_id)
+    for mailbox in message.from_mailboxes[:1]:
+        tokens.append("from:has_name" if mailbox.display_name else "from:no_name")
+        if message_id and mailbox.domain:
+            same = message_id.group(1).lower().split(".")[-2:] == mailbox.domain.split(".")[-2:]
+            tokens.append("msgid:same_domain" if same else "msgid:other_domain")
+    if not message.from_mailboxes:
+        tokens.append("from:missing")
+    mailer = message.header("X-Mailer") or message.header("User-Agent")
+    if mailer:
+        tokens.append("mailer:" + decode_header_value(mailer).split("/")[0].split()[0].lower()[:30])
+    for name in ("Reply-To", "In-Reply-To", "References", "MIME-Version", "Message-ID"):
+        tokens.append(f"has:{name.lower()}" if message.header(name) else f"no:{name.lower()}")
+    subject = message.subject
+    if subject and subject.upper() == subject and any(c.isalpha() for c in subject):
+        tokens.append("subject:caps")
+    if "=?" in (message.header("Subject") or ""):
+        tokens.append("subject:encoded")
+    reply_to = message.header("Reply-To") or ""
+    from_domain = message.from_mailboxes[0].domain if message.from_mailboxes else ""
+    match = _EMAIL_DOMAIN.search(reply_to)
+    if match and from_domain and match.group(1).lower() != from_domain:
+        tokens.append("replyto:other_domain")
+    return tokens

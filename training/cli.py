@@ -1,0 +1,226 @@
+"""`mailmoat model ...` and `mailmoat learn`: the analysts' commands (loaded only when used)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Settings
+from gateway.context import new_connection_id
+from gateway.errors import ConfigError
+from gateway.events import Retained, SecurityEvent, SqliteStore, parse_time
+from gateway.message import ParsedMessage
+from gateway.ml.features import extract
+from gateway.ml.model import load_model
+from training import dataset as datasets
+from training import registry
+from training.corpus import iter_messages
+from training.evaluate import evaluate
+from training.train import train
+
+
+def add_model_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register `mailmoat model ...` on the main parser."""
+    model = sub.add_parser("model", help="build datasets, train, evaluate, promote, roll back")
+    msub = model.add_subparsers(dest="mcommand", required=True)
+    ds = msub.add_parser("dataset", parents=[common], help="build a dataset")
+    ds.add_argument("--corpus", action="append", default=[], metavar="PATH",
+                    help="directory, Maildir, mbox or tar; spam/ham from folder names")  # fmt: skip
+    ds.add_argument("--events", action="store_true", help="include labelled events")
+    ds.add_argument("--since")
+    ds.add_argument("--until")
+    ds.add_argument("--split", choices=["time", "seed", "md5"], default="time",
+                    help="time: newest as test; seed: random; md5: SpamAssassin split")  # fmt: skip
+    ds.add_argument("--test-fraction", type=float, default=0.2)
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--keep-duplicates", action="store_true",
+                    help="keep repeats (to reproduce a published split exactly)")  # fmt: skip
+    ds.add_argument("--out", help="output file (default: <datasets_dir>/dataset-<time>.jsonl.gz)")
+    tr = msub.add_parser("train", parents=[common], help="train a candidate into the registry")
+    tr.add_argument("dataset")
+    tr.add_argument("--name", default="mailmoat", help="id prefix")
+    ev = msub.add_parser("evaluate", parents=[common], help="report on held-out data")
+    ev.add_argument("candidate")
+    ev.add_argument("--against", default="current", help="'current' or a model id")
+    ev.add_argument("--on", dest="dataset", required=True, metavar="DATASET")
+    pr = msub.add_parser("promote", parents=[common], help="put a candidate in service")
+    pr.add_argument("id")
+    pr.add_argument("--force", action="store_true", help="even if worse than the model in service")
+    msub.add_parser("rollback", parents=[common], help="put the previous model back")
+    msub.add_parser("list", parents=[common], help="models in the registry")
+    sh = msub.add_parser("show", parents=[common], help="metadata and model card")
+    sh.add_argument("id")
+    for parser in msub.choices.values():
+        parser.set_defaults(func=cmd_model)
+
+    learn = sub.add_parser(
+        "learn", parents=[common], help="label reported messages (like sa-learn)"
+    )
+    kind = learn.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--spam", action="store_const", const="spam", dest="label")
+    kind.add_argument("--ham", action="store_const", const="ham", dest="label")
+    kind.add_argument("--phish", action="store_const", const="phish", dest="label")
+    kind.add_argument("--forget", action="store_const", const="forget", dest="label",
+                      help="withdraw labels learned for these messages (unlearn)")  # fmt: skip
+    learn.add_argument("paths", nargs="+", metavar="PATH", help="files, Maildirs or mbox files")
+    learn.add_argument("--by", default=os.environ.get("USER", "cli"), help="who reports")
+    learn.set_defaults(func=cmd_learn)
+
+
+def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
+    cfg = settings.training
+    models = cfg.models_dir
+    command = args.mcommand
+    if command == "dataset":
+        return _dataset(args, settings)
+    if command == "train":
+        model_id = train(Path(args.dataset), models, cfg.c, cfg.target_fpr, args.name)
+        meta = json.loads((models / model_id / "metadata.json").read_text())
+        oof = meta["metrics"]["out_of_fold"]
+        print(f"trained {model_id} in {meta['training_seconds']}s; "
+              f"threshold {meta['threshold']:.6f}; out-of-fold AUC {oof['roc_auc']:.5f}, "
+              f"recall@0.1% {oof['recall_at_fpr_0.1%']:.4f}")  # fmt: skip
+        print(f"next: mailmoat model evaluate {model_id} --on {args.dataset}")
+        return 0
+    if command == "evaluate":
+        result = evaluate(args.candidate, models, Path(args.dataset), args.against, cfg.reports_dir,
+                          cfg.target_fpr)  # fmt: skip
+        _print_evaluation(result)
+        return 0
+    if command == "promote":
+        return _promote(models, args.id, args.force)
+    if command == "rollback":
+        print(f"rolled back to {registry.rollback(models)}; send SIGHUP to the gateway to load it")
+        return 0
+    if command == "list":
+        current = registry.current_id(models)
+        for meta in registry.artefacts(models):
+            evaluation = registry.evaluation(models, meta["id"])
+            test = evaluation["models"]["candidate"] if evaluation else None
+            shown = (
+                f"test AUC {test['roc_auc']:.5f} recall@0.1% {test['recall_at_fpr_0.1%']:.4f}"
+                if test
+                else "not evaluated"
+            )
+            mark = "*" if meta["id"] == current else " "
+            print(f"{mark} {meta['id']}  threshold {meta['threshold']:.4f}  {shown}")
+        return 0
+    if command == "show":
+        directory = models / args.id
+        print(json.dumps(json.loads((directory / "metadata.json").read_text()), indent=2))
+        card = directory / "MODEL_CARD.md"
+        if card.exists():
+            print(card.read_text())
+        return 0
+    raise ConfigError(f"unknown model command {command}")
+
+
+def _dataset(args: argparse.Namespace, settings: Settings) -> int:
+    records: list[datasets.Record] = []
+    for path in args.corpus:
+        records.extend(datasets.from_corpus(Path(path)))
+    if args.events:
+        store = SqliteStore(settings.store.database)
+        try:
+            since = parse_time(args.since) if args.since else None
+            until = parse_time(args.until) if args.until else None
+            records.extend(datasets.from_events(store, since, until))
+        finally:
+            store.close()
+    if not records:
+        raise ConfigError("no labelled messages: give --corpus PATH and/or --events")
+    unique = records if args.keep_duplicates else datasets.deduplicate(records)
+    split = datasets.assign_split(unique, args.split, args.test_fraction, args.seed)
+    from datetime import UTC, datetime
+
+    out = Path(args.out) if args.out else settings.training.datasets_dir / (
+        f"dataset-{datetime.now(UTC):%Y%m%d-%H%M%S}.jsonl.gz")  # fmt: skip
+    description = {"corpora": args.corpus, "events": args.events, "split": args.split,
+                   "duplicates_dropped": len(records) - len(unique)}  # fmt: skip
+    summary = datasets.write(split, out, description)
+    print(
+        f"wrote {out}: {json.dumps(summary['counts'])}, "
+        f"{summary['duplicates_dropped']} duplicates dropped"
+    )
+    return 0
+
+
+def _print_evaluation(result: dict[str, Any]) -> None:
+    print(
+        f"test split: {result['n_ham']} ham, {result['n_spam']} spam; "
+        f"target FPR {result['target_fpr']:.3%}"
+    )
+    print(f"{'model':<34} {'AUC':>8} {'r@0.1%':>7} {'r@1%':>7} {'FPR':>8} {'FNR':>8}  confusion")
+    for role, m in result["models"].items():
+        c = m["confusion"]
+        print(f"{role + ' ' + m['id']:<34.34} {m['roc_auc']:>8.5f} {m['recall_at_fpr_0.1%']:>7.4f} "
+              f"{m['recall_at_fpr_1%']:>7.4f} {m['fpr']:>8.4%} {m['fnr']:>8.4%}  "
+              f"TP {c['tp']} FP {c['fp']} FN {c['fn']} TN {c['tn']}")  # fmt: skip
+    print(result["verdict"])
+    print(f"report: {result['report']}")
+
+
+def _promote(models: Path, model_id: str, force: bool) -> int:
+    evaluation = registry.evaluation(models, model_id)
+    current = registry.current_id(models)
+    if not force and current and current != model_id:
+        if evaluation is None:
+            print(
+                f"refused: evaluate {model_id} against the current model first (or --force)",
+                file=sys.stderr,
+            )
+            return 1
+        if evaluation.get("against") != current:
+            print(f"refused: {model_id} was evaluated against {evaluation.get('against')}, "
+                  f"but {current} is in service now; evaluate again (or --force)",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        if not evaluation["better_than_against"]:
+            print(f"refused: {evaluation['verdict']} (--force to promote anyway)", file=sys.stderr)
+            return 1
+    registry.set_current(models, model_id)
+    print(f"{model_id} is now in service; send SIGHUP to the gateway to load it (was: {current})")
+    return 0
+
+
+def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
+    """Label reported messages: matched to events by Message-ID, else stored as samples."""
+    store = SqliteStore(settings.store.database)
+    counts = {"matched": 0, "samples": 0, "withdrawn": 0, "skipped": 0}
+    try:
+        for path in args.paths:
+            for _, raw in iter_messages(Path(path)):
+                message = ParsedMessage.parse(raw)
+                matches = store.find_by_message_id(message.message_id) if message.message_id else []
+                if args.label == "forget":
+                    for event_id in matches:
+                        counts["withdrawn"] += store.withdraw_labels(event_id, args.by)
+                    if not matches:
+                        counts["skipped"] += 1
+                    continue
+                if matches:
+                    store.add_label(matches[0], args.label, "report", args.by)
+                    counts["matched"] += 1
+                    continue
+                # Not seen by this gateway (or expired): keep it as a sample event with its label.
+                event = SecurityEvent(
+                    id=f"{new_connection_id()}.1", kind="sample", mail_from="",
+                    message_id=message.message_id[:500], subject=message.subject[:500],
+                    size=len(raw), action="sample", details={"source": str(path)},
+                )  # fmt: skip
+                store.add(event, Retained(raw, extract(message).to_dict(), None))
+                store.add_label(event.id, args.label, "report", args.by)
+                counts["samples"] += 1
+    finally:
+        store.close()
+    print(json.dumps(counts))
+    return 0
+
+
+def check_model_loads(models: Path) -> str:
+    """For `config check`: the id of the model in service, loaded and verified."""
+    return load_model(models / (registry.current_id(models) or "")).id
