@@ -51,8 +51,12 @@ def iter_messages(path: Path) -> Iterator[tuple[str, bytes]]:
                 relative = full.relative_to(path).as_posix()
                 yield relative, strip_mbox_line(full.read_bytes())
     elif path.is_file() and _is_mbox(path):
-        for number, message in enumerate(mailbox.mbox(path), start=1):
-            yield f"{path.name}#{number}", message.as_bytes()
+        mbox = mailbox.mbox(path, create=False)
+        try:
+            for number, key in enumerate(mbox.keys(), start=1):
+                yield f"{path.name}#{number}", mbox.get_bytes(key)
+        finally:
+            mbox.close()
     elif path.is_file():
         yield path.name, strip_mbox_line(path.read_bytes())
     else:

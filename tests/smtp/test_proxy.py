@@ -31,6 +31,8 @@ async def test_delivery_adds_headers_and_removes_forged_ones(gateway, sink):
 
     [event] = gateway.events(kind="message")
     assert event.action == "accept"
+    # Every message keeps a feature snapshot (the raw bytes only when sampled).
+    assert gateway.gateway.store.retained(event.id).features["text"].startswith("Hello")
     assert event.mail_from == "alice@sender.test"
     assert event.rcpts == ("bob@example.test",)
     assert event.subject == "Hello"
@@ -164,6 +166,12 @@ async def test_quarantined_message_is_released_and_arrives(sink, config_factory)
         assert received.rcpts == ["bob@example.test"]
         assert b"X-Mailmoat-Action: quarantine" in received.data
         assert gw.gateway.quarantine.get(entry.id).status == "released"
+        # Quarantined mail is always retained for retraining; a release labels it ham.
+        retained = gw.gateway.store.retained(entry.id)
+        assert retained.raw is not None
+        assert retained.features["version"] == 1
+        label = gw.gateway.store.current_label(entry.id)
+        assert (label.label, label.source) == ("ham", "release")
         assert [e.action for e in gw.events(kind="quarantine_release")] == ["release"]
 
 

@@ -1,0 +1,65 @@
+"""The feature function: what the model sees, and what it must never see."""
+
+from __future__ import annotations
+
+from gateway.message import ParsedMessage
+from gateway.ml.features import MAX_TEXT, Features, extract, html_to_text
+from tests.messages import with_attachments
+
+BASE = (
+    b"From: Shop <deals@shop.test>\r\nSubject: Cheap pills\r\nMessage-ID: <1@shop.test>\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    b"<html><body><script>track()</script><p>Buy <b>now</b> at "
+    b"<a href='http://pills.example/buy'>our store</a></p></body></html>\r\n"
+)
+
+
+def features(raw: bytes) -> Features:
+    return extract(ParsedMessage.parse(raw))
+
+
+def test_html_becomes_text_and_links():
+    f = features(BASE)
+    assert "Buy now at our store" in f.text
+    assert "track()" not in f.text
+    assert "url:pills.example" in f.tokens
+    assert "html:a" in f.tokens
+    assert f.text.startswith("Cheap pills\n")
+
+
+def test_other_filters_verdicts_and_trace_fields_are_not_features():
+    noisy = (
+        b"Received: from relay.collector.test by mx.collector.test; Tue, 1 Oct 2002\r\n"
+        b"X-Spam-Flag: YES\r\nX-Spam-Status: Yes, score=15.2\r\nX-Virus-Scanned: clean\r\n"
+        b"X-Mailmoat-Score: 99\r\nAuthentication-Results: other.test; spf=fail\r\n"
+        b"Date: Tue, 1 Oct 2002 10:00:00 +0000\r\nTo: zzzz@example.com\r\n"
+        b"List-Id: <ilug.linux.ie>\r\nDelivery-Date: Tue, 1 Oct 2002\r\n"
+    )
+    assert features(noisy + BASE) == features(BASE)
+
+
+def test_attachments_and_structure():
+    raw = with_attachments(("invoice.pdf.exe", b"MZ\x90", "application/octet-stream"))
+    f = features(raw)
+    assert "attach:ext:exe" in f.tokens
+    assert "ctype:multipart/mixed" not in f.tokens  # containers are structure, not parts
+    assert any(t.startswith("struct:parts:") for t in f.tokens)
+
+
+def test_work_is_bounded_on_huge_and_hostile_input():
+    huge = b"Subject: big\r\n\r\n" + b"word " * 2_000_000
+    f = features(huge)
+    assert len(f.text) <= MAX_TEXT + len("big\n")
+    many = (
+        b"Content-Type: multipart/mixed; boundary=x\r\n\r\n"
+        + b"--x\r\nContent-Type: text/plain\r\n\r\nhello\r\n" * 5000
+        + b"--x--\r\n"
+    )
+    assert "struct:bounded" in features(many).tokens
+    assert html_to_text("<p><a href='x'>unclosed <script>")[0].strip() == "unclosed"
+
+
+def test_snapshot_round_trip():
+    f = features(BASE)
+    assert Features.from_dict(f.to_dict()) == f
+    assert f.to_dict()["version"] == 1

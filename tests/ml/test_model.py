@@ -1,0 +1,100 @@
+"""Model artefacts: the shipped one loads, its fast path equals scikit-learn, bad ones fail."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from gateway.config import PROJECT_ROOT
+from gateway.errors import ConfigError
+from gateway.message import ParsedMessage
+from gateway.ml import model as model_module
+from gateway.ml.features import extract
+from gateway.ml.model import current_model_dir, load_model, sha256_of
+from tests.checks.golden import MESSAGES
+from tests.messages import plain, with_attachments
+
+MODELS = PROJECT_ROOT / "models"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model(current_model_dir(MODELS))
+
+
+@pytest.fixture
+def artefact(tmp_path, shipped):
+    copy = tmp_path / "models" / shipped.id
+    shutil.copytree(MODELS / shipped.id, copy)
+    (tmp_path / "models" / "CURRENT").write_text(shipped.id + "\n")
+    model_module._LOADED.clear()
+    yield copy
+    model_module._LOADED.clear()
+
+
+def test_shipped_model_metadata(shipped):
+    meta = shipped.metadata
+    assert meta["sha256"] == sha256_of(MODELS / shipped.id / "model.joblib")
+    assert meta["feature_version"] == 1
+    assert 0 < shipped.threshold < 1
+    assert {"python", "scikit-learn", "numpy", "scipy", "joblib"} <= set(meta["libraries"])
+    assert meta["data"]["train_counts"]["spam"] > 1000
+    assert (MODELS / shipped.id / "MODEL_CARD.md").read_text().startswith("# Model ")
+
+
+def test_fast_path_equals_scikit_learn(shipped):
+    raws = [p.read_bytes() for p in sorted(MESSAGES.glob("*.eml"))]
+    raws += [
+        plain("Win a free cruise now!!! Click here"),
+        with_attachments(("a.zip", b"PK", "application/zip")),
+    ]
+    batch = [extract(ParsedMessage.parse(r)) for r in raws]
+    expected = shipped.pipeline.predict_proba(batch)[:, 1]
+    fast = np.array([shipped.probability(f) for f in batch])
+    assert np.allclose(fast, expected, atol=1e-9)
+
+
+def test_tampered_file_is_refused(artefact):
+    data = bytearray((artefact / "model.joblib").read_bytes())
+    data[-10] ^= 0xFF
+    (artefact / "model.joblib").write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="does not match"):
+        load_model(artefact)
+
+
+def test_corrupt_file_with_matching_hash_is_refused(artefact):
+    (artefact / "model.joblib").write_bytes(b"not a pickle at all")
+    meta = json.loads((artefact / "metadata.json").read_text())
+    meta["sha256"] = sha256_of(artefact / "model.joblib")
+    (artefact / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="cannot load"):
+        load_model(artefact)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("feature_version", 99, "feature version 99"),
+        ("libraries", {"scikit-learn": "0.24.2"}, "scikit-learn 0.24.2"),
+    ],
+)
+def test_incompatible_metadata_is_refused(artefact, key, value, message):
+    meta = json.loads((artefact / "metadata.json").read_text())
+    meta[key] = value
+    (artefact / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=message):
+        load_model(artefact)
+
+
+def test_registry_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no CURRENT"):
+        current_model_dir(tmp_path)
+    (tmp_path / "CURRENT").write_text("../etc\n")
+    with pytest.raises(ConfigError, match="invalid model id"):
+        current_model_dir(tmp_path)
+    (tmp_path / "CURRENT").write_text("absent\n")
+    with pytest.raises(ConfigError, match=r"no metadata\.json"):
+        load_model(current_model_dir(tmp_path))

@@ -1,0 +1,190 @@
+"""The analysts' loop end to end on small data: dataset, train, evaluate, promote, rollback."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+from dataclasses import replace
+
+import pytest
+
+from bench.common import load_corpus
+from gateway.cli import main
+from gateway.events import EventFilter, Retained, SecurityEvent, SqliteStore
+from gateway.message import ParsedMessage
+from gateway.ml.features import extract
+from tests.conftest import write_config
+from training import dataset as datasets
+from training.corpus import iter_messages, label_from_path
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """120 ham and 120 spam from the SpamAssassin corpus, as folders, an mbox and a Maildir."""
+    root = tmp_path_factory.mktemp("corpus")
+    messages = load_corpus()
+    ham = [m for m in messages if "ham" in m[0]][:120]
+    spam = [m for m in messages if m[0].startswith("spam")][:120]
+    for label, items in (("ham", ham), ("spam", spam)):
+        (root / "folders" / label).mkdir(parents=True)
+        for n, (_, raw) in enumerate(items):
+            (root / "folders" / label / f"{n:04d}.eml").write_bytes(raw)
+    box = mailbox.mbox(root / "reported.mbox")
+    for _, raw in spam[:3]:
+        box.add(raw)
+    box.close()
+    maildir = mailbox.Maildir(root / "maildir", create=True)
+    for _, raw in ham[:2]:
+        maildir.add(raw)
+    return root
+
+
+@pytest.fixture
+def config(tmp_path):
+    return write_config(tmp_path / "c.toml", {
+        "store": {"path": str(tmp_path / "store")},
+        "training": {"models_dir": str(tmp_path / "models"), "datasets_dir": str(tmp_path / "ds"),
+                     "reports_dir": str(tmp_path / "reports"), "target_fpr": 0.01},
+    })  # fmt: skip
+
+
+def test_corpus_readers(small_corpus):
+    assert len(list(iter_messages(small_corpus / "reported.mbox"))) == 3
+    assert len(list(iter_messages(small_corpus / "maildir"))) == 2
+    sources = [s for s, _ in iter_messages(small_corpus / "folders")]
+    assert sources[0] == "ham/0000.eml"
+    assert label_from_path("spam-2/00001.eml") == "spam"
+    assert label_from_path("easy-ham-1/00001.eml") == "ham"
+    assert label_from_path("misc/00001.eml") is None
+
+
+def test_train_evaluate_promote_rollback(small_corpus, config, tmp_path, capsys):
+    cfg = ["--config", str(config)]
+    data = tmp_path / "ds" / "small.jsonl.gz"
+    assert main(["model", "dataset", *cfg, "--corpus", str(small_corpus / "folders"),
+                 "--split", "seed", "--out", str(data)]) == 0  # fmt: skip
+    summary = json.loads((tmp_path / "ds" / "small.json").read_text())
+    assert summary["counts"]["train_ham"] + summary["counts"]["test_ham"] <= 120
+    assert {r.split for r in datasets.read(data)} == {"train", "test"}
+
+    assert main(["model", "train", *cfg, str(data), "--name", "first"]) == 0
+    first = next(p.name for p in (tmp_path / "models").iterdir() if p.name.startswith("first-"))
+    assert main(["model", "evaluate", *cfg, first, "--on", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "candidate first-" in out
+    report = tmp_path / "reports" / f"evaluation-{first}.html"
+    page = report.read_text()
+    for plot in ("roc", "pr", "hist_candidate", "calibration"):
+        assert f"<figcaption>{plot}</figcaption>" in page
+    assert main(["model", "promote", *cfg, first]) == 0
+    assert (tmp_path / "models" / "CURRENT").read_text().strip() == first
+
+    # A candidate trained on flipped labels is worse at the operating point: refused.
+    flipped = tmp_path / "ds" / "flipped.jsonl.gz"
+    records = datasets.read(data)
+    flip = {"spam": "ham", "ham": "spam"}
+    swapped = [replace(r, label=flip[r.label]) if r.split == "train" else r for r in records]
+    datasets.write(swapped, flipped, {})
+    assert main(["model", "train", *cfg, str(flipped), "--name", "worse"]) == 0
+    worse = next(p.name for p in (tmp_path / "models").iterdir() if p.name.startswith("worse-"))
+    assert main(["model", "promote", *cfg, worse]) == 1  # not evaluated yet
+    assert main(["model", "evaluate", *cfg, worse, "--on", str(data)]) == 0
+    assert "candidate is worse" in capsys.readouterr().out
+    assert main(["model", "promote", *cfg, worse]) == 1
+    assert "refused" in capsys.readouterr().err
+    assert main(["model", "promote", *cfg, worse, "--force"]) == 0
+    assert main(["model", "rollback", *cfg]) == 0
+    assert (tmp_path / "models" / "CURRENT").read_text().strip() == first
+    assert main(["model", "list", *cfg]) == 0
+    listing = capsys.readouterr().out
+    assert f"* {first}" in listing
+    assert main(["model", "show", *cfg, first]) == 0
+    assert "# Model first-" in capsys.readouterr().out
+
+
+def test_labelled_events_become_a_dataset(small_corpus, config, tmp_path, capsys):
+    store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+    raws = [raw for _, raw in iter_messages(small_corpus / "folders")]
+    for n, raw in enumerate(raws[:10] + raws[-10:]):
+        event = SecurityEvent(id=f"{n:016x}.1", kind="message", time=1000.0 + n, subject=f"m{n}")
+        snapshot = extract(ParsedMessage.parse(raw)).to_dict()
+        # Half the messages keep their raw bytes, half only the feature snapshot.
+        store.add(event, Retained(raw if n % 2 else None, snapshot, 2000.0))
+        store.add_label(event.id, "spam" if n >= 10 else "ham", "console", "ana")
+    store.withdraw_labels(f"{0:016x}.1", "ana")
+    assert store.purge(now=3000.0) == {"raw_messages": 0, "events": 0}  # labelled: kept
+    store.close()
+    out = tmp_path / "ds" / "events.jsonl.gz"
+    assert main(["model", "dataset", "--config", str(config), "--events", "--split", "time",
+                 "--out", str(out)]) == 0  # fmt: skip
+    records = datasets.read(out)
+    assert len(records) == 19  # the withdrawn one is out
+    assert {r.label for r in records} == {"spam", "ham"}
+    newest = max(records, key=lambda r: r.time)
+    assert newest.split == "test"
+
+
+def test_learn_matches_events_by_message_id_and_stores_samples(
+    small_corpus, config, tmp_path, capsys
+):
+    store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+    raw = next(iter_messages(small_corpus / "reported.mbox"))[1]
+    message_id = ParsedMessage.parse(raw).message_id
+    store.add(SecurityEvent(id="00000000000000aa.1", kind="message", message_id=message_id))
+    store.close()
+    assert main(["learn", "--config", str(config), "--spam", str(small_corpus / "reported.mbox"),
+                 "--by", "alice"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out) == {
+        "matched": 1,
+        "samples": 2,
+        "withdrawn": 0,
+        "skipped": 0,
+    }
+    assert (
+        main(["label", "--config", str(config), "00000000000000aa.1", "--history", "--json"]) == 0
+    )
+    [label] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (label["label"], label["source"], label["author"]) == ("spam", "report", "alice")
+    assert (
+        main(["learn", "--config", str(config), "--forget", str(small_corpus / "reported.mbox")])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["withdrawn"] >= 1
+    store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+    assert store.current_label("00000000000000aa.1") is None
+    samples = store.list(EventFilter(kind="sample"))
+    assert len(samples) == 2
+    store.close()
+
+
+def test_label_command(config, tmp_path, capsys):
+    store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+    store.add(SecurityEvent(id="00000000000000bb.1", kind="message"))
+    store.close()
+    cfg = ["--config", str(config)]
+    assert (
+        main(["label", *cfg, "00000000000000bb.1", "phish", "--note", "fake bank", "--by", "bo"])
+        == 0
+    )
+    assert main(["label", *cfg, "00000000000000bb.1", "ham", "--by", "cy"]) == 0
+    assert main(["label", *cfg, "00000000000000bb.1", "--history"]) == 0
+    history = capsys.readouterr().out
+    for text in ("phish", "ham", "fake bank"):
+        assert text in history
+    assert main(["label", *cfg, "00000000000000bb.1", "--withdraw"]) == 0
+    assert main(["label", *cfg, "00000000000000ff.1", "spam"]) == 1  # no such event
+    assert main(["label", *cfg, "../../x", "spam"]) == 1
+
+
+def test_shipped_model_card_figures_match_its_evaluation():
+    from gateway.config import PROJECT_ROOT
+
+    models = PROJECT_ROOT / "models"
+    model_id = (models / "CURRENT").read_text().strip()
+    evaluation = json.loads((models / model_id / "evaluation.json").read_text())
+    metrics = evaluation["models"]["candidate"]
+    assert (evaluation["n_ham"], evaluation["n_spam"]) == (860, 404)  # the fixed split
+    assert metrics["roc_auc"] >= 0.9999
+    assert metrics["recall_at_fpr_0.1%"] >= 0.98
+    card = (models / model_id / "MODEL_CARD.md").read_text()
+    assert f"{metrics['roc_auc']:.5f}" in card
