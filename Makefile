@@ -16,6 +16,7 @@ run: venv tls
 
 test: venv lint typecheck pytest
 	$(BIN)/mailmoat config check --config config/mailmoat.example.toml
+	$(BIN)/mailmoat rules lint rules/
 
 system-deps:
 	@scripts/install-system-deps

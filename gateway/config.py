@@ -84,6 +84,8 @@ class ServerConfig(FrozenModel):
     tls_key: Path | None = None
     require_tls: bool = False
     bare_newline: Literal["normalize", "reject"] = "normalize"
+    # Written at start (for `mailmoat rules reload`, service managers), removed at stop.
+    pid_file: Path | None = Path("var/mailmoat.pid")
 
     @field_validator("listen")
     @classmethod
@@ -148,6 +150,22 @@ DEFAULT_FORCE: dict[str, Action] = {
 }
 
 
+class DomainPolicy(FrozenModel):
+    """Thresholds for mail to one recipient domain (unset keys: the global ones)."""
+
+    tag: float | None = None
+    quarantine: float | None = None
+    reject: float | None = None
+
+
+class RulesConfig(FrozenModel):
+    """``[rules]``: the staff rule set."""
+
+    enabled: bool = True
+    # Directories (every *.yaml below, lists in lists/*.txt) or single files.
+    paths: list[Path] = Field(default_factory=lambda: [PROJECT_ROOT / "rules"])
+
+
 class PolicyConfig(FrozenModel):
     """Score thresholds, forced actions and the scores file."""
 
@@ -158,6 +176,8 @@ class PolicyConfig(FrozenModel):
     # Merged over DEFAULT_FORCE; "score" turns a default off (the symbol only adds its score).
     force: dict[str, Action | Literal["score"]] = Field(default_factory=dict)
     add_headers: bool = True
+    # Per recipient domain thresholds; a message to several domains takes the strictest.
+    domains: dict[str, DomainPolicy] = Field(default_factory=dict)
 
     @property
     def forced_actions(self) -> dict[str, Action]:
@@ -263,6 +283,7 @@ class Settings(BaseSettings):
     antivirus: ClamdConfig = ClamdConfig()
     dns: DnsConfig = DnsConfig()
     training: TrainingConfig = TrainingConfig()
+    rules: RulesConfig = RulesConfig()
     checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @classmethod

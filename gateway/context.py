@@ -6,6 +6,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from gateway.message import ParsedMessage
 from gateway.ml.features import Features, extract
@@ -49,6 +50,9 @@ class ScanContext:
     envelope: Envelope
     # Header fields checks ask to add on delivery (e.g. Authentication-Results), in order.
     added_headers: list[tuple[str, str]] = field(default_factory=list)
+    # Files the content check inspected (name, declared and true type, archive members),
+    # for rules that test true types and archive members.
+    inspected_files: list[dict[str, Any]] = field(default_factory=list)
 
     @cached_property
     def message(self) -> ParsedMessage:

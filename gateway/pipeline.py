@@ -13,6 +13,7 @@ from gateway.checks.base import Check
 from gateway.config import Settings, load_scores
 from gateway.context import ScanContext
 from gateway.errors import ConfigError, NotConfigured
+from gateway.policy.rules import RuleHit, RuleSet, load_rules
 from gateway.policy.verdict import Policy
 from gateway.types import Finding, Status, Verdict
 
@@ -27,6 +28,15 @@ class ScanResult:
 
     verdict: Verdict
     timings_ms: dict[str, float]
+    rule_hits: tuple[RuleHit, ...] = ()
+
+
+def known_symbols(checks: Sequence[Check]) -> set[str]:
+    """Every symbol a rule may test: all registered checks' symbols and their error symbols."""
+    symbols = {f"{cls.name.upper()}_ERROR" for cls in REGISTRY}
+    for cls in REGISTRY:
+        symbols.update(cls.symbols)
+    return symbols
 
 
 def build_checks(settings: Settings) -> list[Check]:
@@ -46,11 +56,14 @@ def build_checks(settings: Settings) -> list[Check]:
 
 
 class Pipeline:
-    """The checks and the policy in service; replaced whole on reload."""
+    """The checks, the staff rules and the policy in service; replaced whole on reload."""
 
-    def __init__(self, checks: Sequence[Check], policy: Policy) -> None:
+    def __init__(
+        self, checks: Sequence[Check], policy: Policy, rules: RuleSet | None = None
+    ) -> None:
         self.checks = tuple(checks)
         self.policy = policy
+        self.rules = rules
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -68,9 +81,15 @@ class Pipeline:
             weights={symbol: weight for symbol, (weight, _) in scores.items()},
             on_error={check.name: check.config.on_error for check in checks},
         )
-        return cls(checks, policy)
+        rules = None
+        if settings.rules.enabled:
+            rules = load_rules(settings.rules.paths, known_symbols(checks))
+            for warning in rules.warnings:
+                log.warning("%s", warning)
+            log.info("rules: %d loaded, version %s", len(rules.rules), rules.version)
+        return cls(checks, policy, rules)
 
-    async def scan(self, ctx: ScanContext) -> ScanResult:
+    async def scan(self, ctx: ScanContext, explain: bool = False) -> ScanResult:
         """Run every check concurrently; a failing or slow check becomes an ERROR finding."""
         envelope = ctx.envelope
         timings: dict[str, float] = {}
@@ -87,7 +106,13 @@ class Pipeline:
             for check in self.checks:
                 group.create_task(self._run_one(check, ctx, results, timings))
         findings = [f for check in self.checks for f in results.get(check.name, ())]
-        return ScanResult(self.policy.decide(findings), timings)
+        hits: list[RuleHit] = []
+        if self.rules is not None:
+            started = time.perf_counter()
+            hits = self.rules.evaluate(ctx, findings, explain=explain)
+            findings.extend(hit.finding() for hit in hits)
+            timings["rules"] = round((time.perf_counter() - started) * 1000, 3)
+        return ScanResult(self.policy.decide(findings, envelope.rcpts), timings, tuple(hits))
 
     async def _run_one(
         self,

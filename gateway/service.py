@@ -37,16 +37,26 @@ class Gateway:
         self.config_path = config_path
         self.hostname = settings.server.identity
         self.pipeline = Pipeline.from_settings(settings)
-        self.versions = self._versions(settings)
+        self.versions = self._versions(self.pipeline)
         self.backend: Backend = make_backend(settings.backend, self.hostname)
         self.store = SqliteStore(settings.store.database)
         self.quarantine = Quarantine(settings.store.quarantine_dir, self.store)
         jsonl = JsonLinesSink(settings.store.jsonl) if settings.store.jsonl else None
         self.recorder = EventRecorder(self.store, jsonl)
 
-    @staticmethod
-    def _versions(settings: Settings) -> dict[str, str]:
-        return {"mailmoat": __version__, "scores": file_digest(settings.policy.scores_file)}
+    def _versions(self, pipeline: Pipeline) -> dict[str, str]:
+        """What decided: code, scores, rule set and model versions (recorded in each event)."""
+        versions = {
+            "mailmoat": __version__,
+            "scores": file_digest(self.settings.policy.scores_file),
+        }
+        if pipeline.rules is not None:
+            versions["rules"] = pipeline.rules.version
+        for check in pipeline.checks:
+            model = getattr(check, "model", None)
+            if model is not None and hasattr(model, "id"):
+                versions["model"] = model.id
+        return versions
 
     def retention(self, ctx: ScanContext, action: Action) -> Retained:
         """What to keep of a message for retraining (see [store] retain_*)."""
@@ -79,7 +89,8 @@ class Gateway:
             )
             return False
         old, self.pipeline = self.pipeline, pipeline
-        self.versions = self._versions(settings)
+        self.settings = settings
+        self.versions = self._versions(pipeline)
         # Sessions already scanning keep the old pipeline object until they finish.
         await old.aclose()
         log.info("reloaded: enabled checks %s", [c.name for c in pipeline.checks])

@@ -26,6 +26,7 @@ def scan_config(tmp_path, clamd):
             "antivirus": {"address": clamd.address},
             "checks.auth": {"enabled": False},
             "checks.classifier": {"enabled": False},
+            "rules": {"enabled": False},
         },
     )
 

@@ -167,7 +167,9 @@ class ContentCheck:
         attachments = [p for p in walk.parts if p.is_attachment]
         if attachments:
             # libmagic, unzip and olevba are CPU work: keep them off the event loop.
-            found.extend(await asyncio.to_thread(self._inspect, attachments))
+            hits, files = await asyncio.to_thread(self._inspect, attachments)
+            found.extend(hits)
+            ctx.inspected_files.extend(files)
         return found
 
     def _hit(self, symbol: str, **detail: Any) -> Finding:
@@ -179,7 +181,7 @@ class ContentCheck:
         with self.lock:  # one libmagic cookie is not safe across threads
             return str(self.magic.from_buffer(data[:65536])).lower()
 
-    def _inspect(self, attachments: list[MimePart]) -> list[Finding]:
+    def _inspect(self, attachments: list[MimePart]) -> tuple[list[Finding], list[dict[str, Any]]]:
         cfg = self.config
         limits = ArchiveLimits(
             max_depth=cfg.max_archive_depth,
@@ -188,6 +190,7 @@ class ContentCheck:
             max_ratio=cfg.max_compression_ratio,
         )
         hits: dict[str, list[dict[str, Any]]] = {}
+        files: list[dict[str, Any]] = []
 
         def hit(symbol: str, **detail: Any) -> None:
             hits.setdefault(symbol, []).append(detail)
@@ -196,6 +199,7 @@ class ContentCheck:
             data = part.payload()
             name = part.filename or f"part-{index}"
             info = FileInfo(name, name, part.content_type, self._true_type(data))
+            files.append({"file": name, "declared": info.declared, "true_type": info.true_type})
             self._file(info, data, hit)
             if is_zip(data):
                 report = inspect_zip(data, name, limits)
@@ -209,6 +213,9 @@ class ContentCheck:
                     if member.data is None:
                         continue
                     inner = FileInfo(member.path, member.name, "", self._true_type(member.head))
+                    files.append(
+                        {"file": member.path, "true_type": inner.true_type, "in_archive": True}
+                    )
                     self._file(inner, member.data, hit)
                 for path in report.encrypted:
                     hit("ARCHIVE_ENCRYPTED", member=path)
@@ -219,10 +226,11 @@ class ContentCheck:
                 for reason in report.unreadable:
                     hit("ARCHIVE_UNREADABLE", reason=reason)
         # One finding per symbol, listing every file that raised it (bounded).
-        return [
+        findings = [
             self._hit(symbol, files=details[:20], count=len(details))
             for symbol, details in hits.items()
         ]
+        return findings, files[:200]
 
     def _file(self, info: FileInfo, data: bytes, hit: Any) -> None:
         cfg = self.config

@@ -98,6 +98,21 @@ def _decode(part: Any) -> str:
         return payload.decode("latin-1")
 
 
+def message_urls(message: ParsedMessage) -> list[str]:
+    """URLs in the text parts and HTML links (bounded like extract()); for rules."""
+    urls: list[str] = []
+    for part in message.walk(max_depth=10, max_parts=MAX_PARTS * 5).parts[:MAX_PARTS]:
+        if part.is_attachment:
+            continue
+        if part.content_type == "text/html":
+            text, links, _ = html_to_text(_decode(part.part))
+            urls.extend(links)
+            urls.extend(_URL.findall(text))
+        elif part.content_type.startswith("text/"):
+            urls.extend(_URL.findall(_decode(part.part)))
+    return urls[: MAX_URLS * 4]
+
+
 def _domain(url: str) -> str:
     if url.lower().startswith("www."):
         url = "http://" + url

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import signal
 import ssl
 from dataclasses import dataclass, field
@@ -276,6 +277,10 @@ async def serve(gateway: Gateway, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT (drain, then stop); SIGHUP reloads the pipeline."""
     server = SmtpServer(gateway)
     await server.start()
+    pid_file = gateway.settings.server.pid_file
+    if pid_file is not None:
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{os.getpid()}\n")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[Any]] = set()
@@ -298,4 +303,6 @@ async def serve(gateway: Gateway, ready: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await gateway.aclose()
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
         log.info("stopped")

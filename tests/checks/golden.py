@@ -28,6 +28,7 @@ def offline_settings(
     for name, section in checks.items():
         sections[name] = {**sections.get(name, {}), **section}
     return Settings(
+        rules={"enabled": False},  # tests use tests/data/rules/, never the production rules/
         checks=sections,
         antivirus=ClamdConfig(**(clamd or {})),
         dns=DnsConfig(**(dns or {})),
