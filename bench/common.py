@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpora" / "spamassassin-public.tar.gz"
+# The shared corpus sits beside the checkout (../shared); MAILMOAT_CORPUS overrides.
+CORPUS = Path(
+    os.environ.get(
+        "MAILMOAT_CORPUS", ROOT.parent / "shared" / "corpora" / "spamassassin-public.tar.gz"
+    )
+)
 
 
 def load_corpus(limit: int | None = None) -> list[tuple[str, bytes]]:
