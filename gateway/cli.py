@@ -458,6 +458,52 @@ def _rules_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- console and users -----------------------------------------------------------------
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.config import parse_hostport
+    from gateway.web.app import create_app
+
+    settings = _settings(args)
+    host, port = parse_hostport(args.listen or settings.web.listen)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", server_header=False)
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.web.security import hash_password
+
+    store = _store(args)
+    try:
+        if args.ucommand == "add":
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            else:
+                password = getpass.getpass(f"password for {args.name}: ")
+                if getpass.getpass("again: ") != password:
+                    raise ValueError("the passwords differ")
+            if not args.name.isidentifier():
+                raise ValueError("user names are letters, digits and _")
+            store.add_user(args.name, hash_password(password), args.role)
+            print(f"saved {args.name} ({args.role})")
+        elif args.ucommand == "list":
+            for user in store.users():
+                state = " (disabled)" if user["disabled"] else ""
+                print(f"{user['name']:<20} {user['role']:<8}{state}")
+        elif args.ucommand == "role":
+            store.set_user(args.name, role=args.role)
+        elif args.ucommand in ("disable", "enable"):
+            store.set_user(args.name, disabled=args.ucommand == "disable")
+    finally:
+        store.close()
+    return 0
+
+
 # --- quarantine -----------------------------------------------------------------------
 
 
@@ -602,6 +648,24 @@ def build_parser(with_training: bool = False) -> argparse.ArgumentParser:
     r_sub.add_parser("reload", parents=[common], help="lint, then make the gateway reload")
     for rcmd in r_sub.choices.values():
         rcmd.set_defaults(func=cmd_rules)
+
+    web = sub.add_parser("web", parents=[common], help="run the review console")
+    web.add_argument("--listen", help="HOST:PORT (default: [web] listen, 127.0.0.1:8025)")
+    web.set_defaults(func=cmd_web)
+    users = sub.add_parser("users", help="console users")
+    u_sub = users.add_subparsers(dest="ucommand", required=True)
+    uadd = u_sub.add_parser("add", parents=[common], help="create a user or set a password")
+    uadd.add_argument("name")
+    uadd.add_argument("--role", choices=["viewer", "analyst", "admin"], default="viewer")
+    uadd.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    u_sub.add_parser("list", parents=[common])
+    urole = u_sub.add_parser("role", parents=[common])
+    urole.add_argument("name")
+    urole.add_argument("role", choices=["viewer", "analyst", "admin"])
+    for name in ("disable", "enable"):
+        u_sub.add_parser(name, parents=[common]).add_argument("name")
+    for ucmd in u_sub.choices.values():
+        ucmd.set_defaults(func=cmd_users)
 
     label = sub.add_parser("label", parents=[common], help="label an event for retraining")
     label.add_argument("id")

@@ -86,6 +86,8 @@ class ServerConfig(FrozenModel):
     bare_newline: Literal["normalize", "reject"] = "normalize"
     # Written at start (for `mailmoat rules reload`, service managers), removed at stop.
     pid_file: Path | None = Path("var/mailmoat.pid")
+    # /metrics (Prometheus), /healthz and /readyz of the gateway; empty: off.
+    metrics_listen: str = "127.0.0.1:9125"
 
     @field_validator("listen")
     @classmethod
@@ -257,6 +259,25 @@ class TrainingConfig(FrozenModel):
     reports_dir: Path = Path("var/reports")
 
 
+class WebConfig(FrozenModel):
+    """``[web]``: the review console."""
+
+    listen: str = "127.0.0.1:8025"
+    # Cookie signing key; empty: generated once into secret_file (mode 0600).
+    secret_key: str = ""
+    secret_file: Path = Path("var/web-secret")
+    # Send the session cookie over HTTPS only: set true behind a TLS-terminating proxy.
+    secure_cookies: bool = False
+    session_hours: PositiveFloat = 8.0
+    page_size: Annotated[int, Field(ge=10, le=500)] = 50
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+
 class CheckConfig(FrozenModel):
     """Settings every check has; a check subclasses this to declare its own keys."""
 
@@ -284,6 +305,7 @@ class Settings(BaseSettings):
     dns: DnsConfig = DnsConfig()
     training: TrainingConfig = TrainingConfig()
     rules: RulesConfig = RulesConfig()
+    web: WebConfig = WebConfig()
     checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @classmethod

@@ -84,6 +84,11 @@ class EventFilter:
     sender: str | None = None
     symbol: str | None = None
     kind: str | None = None
+    recipient: str | None = None
+    client_ip: str | None = None
+    text: str | None = None  # words of the subject (full-text search)
+    label: str | None = None  # the label in force; "none" for unlabelled
+    before: tuple[float, str] | None = None  # keyset cursor: (time, id) of the last row seen
     limit: int = 100
 
 
@@ -114,13 +119,30 @@ CREATE INDEX IF NOT EXISTS events_time ON events (time);
 CREATE INDEX IF NOT EXISTS events_sender ON events (mail_from, time);
 CREATE INDEX IF NOT EXISTS events_action ON events (action, time);
 CREATE INDEX IF NOT EXISTS events_message_id ON events (message_id);
+CREATE INDEX IF NOT EXISTS events_client_ip ON events (client_ip, time);
+CREATE INDEX IF NOT EXISTS events_kind ON events (kind, time);
+CREATE TABLE IF NOT EXISTS event_rcpts (
+    event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    rcpt TEXT NOT NULL,
+    time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS event_rcpts_rcpt ON event_rcpts (rcpt, time);
+CREATE INDEX IF NOT EXISTS event_rcpts_event ON event_rcpts (event_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5 (subject, content='');
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created REAL NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS event_symbols (
     event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
     symbol TEXT NOT NULL,
     score REAL NOT NULL,
     time REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS event_symbols_symbol ON event_symbols (symbol, time);
+CREATE INDEX IF NOT EXISTS event_symbols_lookup ON event_symbols (symbol, time, event_id);
 CREATE INDEX IF NOT EXISTS event_symbols_event ON event_symbols (event_id);
 CREATE TABLE IF NOT EXISTS quarantine (
     id TEXT PRIMARY KEY,
@@ -256,6 +278,17 @@ class SqliteStore:
                 "INSERT INTO event_symbols (event_id, symbol, score, time) VALUES (?, ?, ?, ?)",
                 [(event.id, s["name"], s.get("score", 0.0), event.time) for s in event.symbols],
             )
+            db.executemany(
+                "INSERT INTO event_rcpts (event_id, rcpt, time) VALUES (?, ?, ?)",
+                [(event.id, r.lower(), event.time) for r in event.rcpts],
+            )
+            if event.subject:
+                rowid = db.execute("SELECT rowid FROM events WHERE id = ?", (event.id,)).fetchone()[
+                    0
+                ]
+                db.execute(
+                    "INSERT INTO events_fts (rowid, subject) VALUES (?, ?)", (rowid, event.subject)
+                )
             if retained is not None:
                 features = retained.features
                 db.execute(
@@ -348,6 +381,38 @@ class SqliteStore:
             result.append(item)
         return result
 
+    def add_user(self, name: str, password_hash: str, role: str) -> None:
+        """Create or replace a console user (the hash comes from argon2, never a password)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO users (name, hash, role, created, disabled) VALUES (?, ?, ?, ?, 0)"
+                " ON CONFLICT (name) DO UPDATE SET hash = excluded.hash, role = excluded.role,"
+                " disabled = 0",
+                (name, password_hash, role, time.time()),
+            )
+
+    def user(self, name: str) -> dict[str, Any] | None:
+        """One user's row, or None."""
+        rows = self.query(
+            "SELECT name, hash, role, created, disabled FROM users WHERE name = ?", (name,)
+        )
+        return dict(rows[0]) if rows else None
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user (without hashes)."""
+        return [
+            dict(r)
+            for r in self.query("SELECT name, role, created, disabled FROM users ORDER BY name")
+        ]
+
+    def set_user(self, name: str, role: str | None = None, disabled: bool | None = None) -> None:
+        """Change a user's role or disable/enable them."""
+        with self.transaction() as db:
+            if role is not None:
+                db.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
+            if disabled is not None:
+                db.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), name))
+
     def find_by_message_id(self, message_id: str) -> list[str]:
         """Ids of message events with this Message-ID (newest first)."""
         rows = self.query(
@@ -367,6 +432,14 @@ class SqliteStore:
             ).rowcount
             events = 0
             if events_before is not None:
+                # A contentless full-text index forgets a row only when told its old values.
+                db.execute(
+                    "INSERT INTO events_fts (events_fts, rowid, subject) SELECT 'delete', rowid,"
+                    " subject FROM events WHERE subject != '' AND time < ?"
+                    " AND id NOT IN (SELECT event_id FROM labels)"
+                    " AND id NOT IN (SELECT id FROM quarantine WHERE status = 'held')",
+                    (events_before,),
+                )
                 events = db.execute(
                     "DELETE FROM events WHERE time < ? AND id NOT IN (SELECT event_id FROM labels)"
                     " AND id NOT IN (SELECT id FROM quarantine WHERE status = 'held')",
@@ -400,13 +473,44 @@ class SqliteStore:
         if where.kind:
             clauses.append("e.kind = ?")
             params.append(where.kind)
+        if where.recipient:
+            clauses.append("e.id IN (SELECT event_id FROM event_rcpts WHERE rcpt = ?)")
+            params.append(where.recipient.lower())
+        if where.client_ip:
+            clauses.append("e.client_ip = ?")
+            params.append(where.client_ip)
+        if where.text:
+            words = re.findall(r"\w+", where.text)
+            if words:
+                clauses.append("e.rowid IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+                params.append(" ".join(f'"{w}"' for w in words[:10]))
+        if where.label == "none":
+            clauses.append("e.id NOT IN (SELECT event_id FROM labels WHERE withdrawn IS NULL)")
+        elif where.label:
+            clauses.append(
+                "e.id IN (SELECT l.event_id FROM labels l WHERE l.withdrawn IS NULL AND l.label = ?"
+                " AND l.id = (SELECT MAX(id) FROM labels WHERE event_id = l.event_id"
+                " AND withdrawn IS NULL))"
+            )
+            params.append(where.label)
+        if where.before is not None:
+            clauses.append("(e.time < ? OR (e.time = ? AND e.id < ?))")
+            params.extend([where.before[0], where.before[0], where.before[1]])
         if where.symbol:
-            clauses.append("e.id IN (SELECT event_id FROM event_symbols WHERE symbol = ?)")
-            params.append(where.symbol)
-        sql = "SELECT e.data FROM events e"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY e.time DESC LIMIT ?"
+            # Walk the (symbol, time) index newest first instead of collecting every event
+            # that ever had a common symbol: constant time for the first pages.
+            sql = (
+                "SELECT e.data FROM event_symbols x JOIN events e ON e.id = x.event_id"
+                " WHERE x.symbol = ?"
+            )
+            params.insert(0, where.symbol)
+            order = " ORDER BY x.time DESC, x.event_id DESC LIMIT ?"
+            sql += "".join(" AND " + c for c in clauses) + order
+        else:
+            sql = "SELECT e.data FROM events e"
+            if clauses:
+                sql += " WHERE " + " AND ".join(clauses)
+            sql += " ORDER BY e.time DESC, e.id DESC LIMIT ?"
         params.append(where.limit)
         return [SecurityEvent.from_dict(json.loads(r["data"])) for r in self.query(sql, params)]
 

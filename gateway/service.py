@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random
 from pathlib import Path
 
 from gateway import __version__
+from gateway.clients.clamd import ClamdClient, ClamdError
 from gateway.config import Settings, load_settings
 from gateway.context import ScanContext, new_connection_id
 from gateway.errors import ConfigError, StoreError, UnknownIdError
 from gateway.events import EventRecorder, JsonLinesSink, Retained, SecurityEvent, SqliteStore
+from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.quarantine import Quarantine
 from gateway.relay import Backend, Reply, deliver, make_backend
@@ -43,6 +46,8 @@ class Gateway:
         self.quarantine = Quarantine(settings.store.quarantine_dir, self.store)
         jsonl = JsonLinesSink(settings.store.jsonl) if settings.store.jsonl else None
         self.recorder = EventRecorder(self.store, jsonl)
+        self.metrics = Metrics()
+        self.metrics.versions(self.versions)
 
     def _versions(self, pipeline: Pipeline) -> dict[str, str]:
         """What decided: code, scores, rule set and model versions (recorded in each event)."""
@@ -91,40 +96,90 @@ class Gateway:
         old, self.pipeline = self.pipeline, pipeline
         self.settings = settings
         self.versions = self._versions(pipeline)
+        self.metrics.versions(self.versions)
         # Sessions already scanning keep the old pipeline object until they finish.
         await old.aclose()
         log.info("reloaded: enabled checks %s", [c.name for c in pipeline.checks])
         await self.record(SecurityEvent(id=event_id, kind="reload", versions=dict(self.versions)))
         return True
 
-    async def release(self, message_id: str, actor: str = "cli") -> Reply:
-        """Send a held message to the backend; mark it released only if the backend took it."""
-        entry = await asyncio.to_thread(self.quarantine.get, message_id)
-        message = await asyncio.to_thread(self.quarantine.read, message_id)
-        reply = await deliver(self.backend, entry.mail_from, entry.rcpts, message)
-        if reply.ok:
-            await asyncio.to_thread(self.quarantine.set_status, message_id, "released")
-            # A released message was a false positive: that is a label (ham) for retraining.
+    async def readiness(self) -> dict[str, str]:
+        """What keeps the gateway from serving well: {} when ready (for /readyz)."""
+        problems: dict[str, str] = {}
+        for check in self.pipeline.checks:
+            client = getattr(check, "client", None)
+            if isinstance(client, ClamdClient):
+                try:
+                    if not await client.ping():
+                        problems["clamd"] = "no PONG"
+                except ClamdError as exc:
+                    problems["clamd"] = str(exc)
+        backend = self.settings.backend
+        if backend.kind == "smtp":
             try:
-                await asyncio.to_thread(self.store.add_label, message_id, "ham", "release", actor)
-            except UnknownIdError:
-                log.warning("released %s has no event to label", message_id)
-        await self.record(
-            SecurityEvent(
-                id=f"{new_connection_id()}.1",
-                kind="quarantine_release",
-                mail_from=entry.mail_from,
-                rcpts=entry.rcpts,
-                subject=entry.subject,
-                size=entry.size,
-                action="release" if reply.ok else "release_failed",
-                backend_reply=str(reply),
-                details={"quarantine_id": message_id, "actor": actor},
-            )
+                async with asyncio.timeout(backend.connect_timeout):
+                    _, writer = await asyncio.open_connection(backend.host, backend.port)
+                    writer.close()
+                    await writer.wait_closed()
+            except (OSError, TimeoutError) as exc:
+                problems["backend"] = f"{backend.host}:{backend.port}: {exc}"
+        elif not os.access(backend.path if backend.path.exists() else backend.path.parent, os.W_OK):
+            problems["backend"] = f"{backend.path} is not writable"
+        if self.settings.rules.enabled and self.pipeline.rules is None:
+            problems["rules"] = "not loaded"
+        enabled = {c.name for c in self.pipeline.checks}
+        if "classifier" in enabled and "model" not in self.versions:
+            problems["model"] = "not loaded"
+        return problems
+
+    async def release(self, message_id: str, actor: str = "cli") -> Reply:
+        """Send a held message to the backend (see release_message)."""
+        return await release_message(
+            self.quarantine, self.store, self.backend, self.recorder, message_id, actor
         )
-        return reply
 
     async def aclose(self) -> None:
         """Close checks and the store."""
         await self.pipeline.aclose()
         self.store.close()
+
+
+async def release_message(
+    quarantine: Quarantine,
+    store: SqliteStore,
+    backend: Backend,
+    recorder: EventRecorder,
+    message_id: str,
+    actor: str,
+    label_ham: bool = True,
+) -> Reply:
+    """Send a held message to the backend; mark it released only if the backend took it.
+
+    A released message was a false positive: that is a label (ham) for retraining.
+    """
+    entry = await asyncio.to_thread(quarantine.get, message_id)
+    message = await asyncio.to_thread(quarantine.read, message_id)
+    reply = await deliver(backend, entry.mail_from, entry.rcpts, message)
+    if reply.ok:
+        await asyncio.to_thread(quarantine.set_status, message_id, "released")
+        if label_ham:
+            try:
+                await asyncio.to_thread(store.add_label, message_id, "ham", "release", actor)
+            except UnknownIdError:
+                log.warning("released %s has no event to label", message_id)
+    event = SecurityEvent(
+        id=f"{new_connection_id()}.1",
+        kind="quarantine_release",
+        mail_from=entry.mail_from,
+        rcpts=entry.rcpts,
+        subject=entry.subject,
+        size=entry.size,
+        action="release" if reply.ok else "release_failed",
+        backend_reply=str(reply),
+        details={"quarantine_id": message_id, "actor": actor},
+    )
+    try:
+        await asyncio.to_thread(recorder.record, event)
+    except StoreError as exc:
+        log.error("release event %s could not be stored: %s", event.id, exc)
+    return reply

@@ -61,7 +61,13 @@ def config_factory(tmp_path: Path) -> Callable[..., Path]:
 
     def make(backend_port: int | None = None, **sections: dict[str, Any]) -> Path:
         merged: dict[str, dict[str, Any]] = {
-            "server": {"listen": "127.0.0.1:0", "hostname": "mx.test", "shutdown_grace": 5.0},
+            "server": {
+                "listen": "127.0.0.1:0",
+                "hostname": "mx.test",
+                "shutdown_grace": 5.0,
+                "pid_file": str(tmp_path / "mailmoat.pid"),
+                "metrics_listen": "",
+            },
             "backend": (
                 {"kind": "smtp", "host": "127.0.0.1", "port": backend_port}
                 if backend_port is not None

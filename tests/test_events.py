@@ -74,7 +74,7 @@ def test_filters(store):
 
 def test_indexes_exist(store):
     names = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert {"events_time", "events_sender", "events_action", "event_symbols_symbol"} <= names
+    assert {"events_time", "events_sender", "events_action", "event_symbols_lookup"} <= names
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,10 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from gateway.config import ServerConfig
+from gateway.config import ServerConfig, parse_hostport
 from gateway.context import new_connection_id
 from gateway.events import SecurityEvent
+from gateway.metrics import serve_metrics
 from gateway.relay import Backend, BackendSession
 from gateway.service import Gateway
 from gateway.smtp import replies
@@ -277,6 +278,11 @@ async def serve(gateway: Gateway, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT (drain, then stop); SIGHUP reloads the pipeline."""
     server = SmtpServer(gateway)
     await server.start()
+    gateway.metrics.sessions.set_function(lambda: len(server.state.protocols))
+    metrics_server = None
+    if gateway.settings.server.metrics_listen:
+        host, port = parse_hostport(gateway.settings.server.metrics_listen)
+        metrics_server = await serve_metrics(gateway.metrics, gateway.readiness, host, port)
     pid_file = gateway.settings.server.pid_file
     if pid_file is not None:
         pid_file.parent.mkdir(parents=True, exist_ok=True)
@@ -302,6 +308,8 @@ async def serve(gateway: Gateway, ready: asyncio.Event | None = None) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if metrics_server is not None:
+            metrics_server.close()
         await gateway.aclose()
         if pid_file is not None:
             pid_file.unlink(missing_ok=True)

@@ -1,0 +1,110 @@
+"""Prometheus metrics, liveness and readiness of the gateway, on [server] metrics_listen.
+
+A deliberately tiny HTTP/1.0 responder (three GET paths) on its own port: no web framework
+inside the SMTP process, and nothing but loopback by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.pipeline import ScanResult
+from gateway.types import Status
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    """The gateway's counters, histograms and gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.messages = Counter("mailmoat_messages", "Messages decided, by action",
+                                ["action"], registry=self.registry)  # fmt: skip
+        self.symbols = Counter("mailmoat_symbols", "Symbols found, by name", ["symbol"],
+                               registry=self.registry)  # fmt: skip
+        self.check_seconds = Histogram(
+            "mailmoat_check_seconds", "Time per check (parse and rules included)", ["check"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=self.registry,
+        )  # fmt: skip
+        self.check_failures = Counter("mailmoat_check_failures", "Checks that failed (ERROR)",
+                                      ["check"], registry=self.registry)  # fmt: skip
+        self.temperrors = Counter("mailmoat_temperrors", "Temporary errors (e.g. DNS), by symbol",
+                                  ["symbol"], registry=self.registry)  # fmt: skip
+        self.sessions = Gauge("mailmoat_sessions_in_flight", "SMTP sessions connected",
+                              registry=self.registry)  # fmt: skip
+        self.model = Gauge("mailmoat_model_info", "The model in service (value 1)", ["model"],
+                           registry=self.registry)  # fmt: skip
+        self.rules = Gauge("mailmoat_rules_info", "The rule set in service (value 1)", ["version"],
+                           registry=self.registry)  # fmt: skip
+
+    def observe(self, result: ScanResult) -> None:
+        """Count one decided message."""
+        verdict = result.verdict
+        self.messages.labels(verdict.action.value).inc()
+        for symbol in verdict.symbols:
+            self.symbols.labels(symbol.name).inc()
+            if symbol.status is Status.ERROR:
+                self.check_failures.labels(symbol.check).inc()
+            elif symbol.status is Status.TEMPERROR:
+                self.temperrors.labels(symbol.name).inc()
+        for check, ms in result.timings_ms.items():
+            self.check_seconds.labels(check).observe(ms / 1000)
+
+    def versions(self, versions: dict[str, str]) -> None:
+        """Expose the model and rule set in service (cleared and set again on reload)."""
+        self.model.clear()
+        self.rules.clear()
+        if "model" in versions:
+            self.model.labels(versions["model"]).set(1)
+        if "rules" in versions:
+            self.rules.labels(versions["rules"]).set(1)
+
+
+Readiness = Callable[[], Awaitable[dict[str, str]]]
+
+
+async def serve_metrics(metrics: Metrics, ready: Readiness, host: str, port: int) -> asyncio.Server:
+    """Answer GET /metrics, /healthz, /readyz; anything else is 404."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                request = await reader.readline()
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+            parts = request.split()
+            path = parts[1].decode("ascii", "replace") if len(parts) >= 2 else ""
+            status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            if parts[:1] == [b"GET"] and path == "/metrics":
+                status, ctype, body = (
+                    "200 OK",
+                    CONTENT_TYPE_LATEST,
+                    generate_latest(metrics.registry),
+                )
+            elif parts[:1] == [b"GET"] and path == "/healthz":
+                status, body = "200 OK", b"ok\n"
+            elif parts[:1] == [b"GET"] and path == "/readyz":
+                problems = await ready()
+                lines = "".join(f"{k}: {v}\n" for k, v in sorted(problems.items()))
+                status = "503 Service Unavailable" if problems else "200 OK"
+                body = (lines or "ready\n").encode()
+            head = (
+                f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, port)
+    log.info("metrics, healthz and readyz on %s:%s", host, port)
+    return server

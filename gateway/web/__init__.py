@@ -1,0 +1,1 @@
+"""The review console: events, triage labels, quarantine, users (Starlette + Jinja2)."""

@@ -1,0 +1,131 @@
+"""The overview page's numbers, straight from the event store (indexed by time)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+
+from gateway.config import Settings
+from gateway.events import SqliteStore
+
+ACTIONS = ("accept", "tag", "quarantine", "reject", "tempfail", "discard")
+COLOURS = {"accept": "#4c9a2a", "tag": "#d4a017", "quarantine": "#e07b00", "reject": "#c0392b",
+           "tempfail": "#7f8c8d", "discard": "#34495e"}  # fmt: skip
+
+
+def chart(buckets: list[tuple[str, dict[str, int]]]) -> str:
+    """A stacked bar chart of actions per bucket, as inline SVG (no JavaScript)."""
+    width, height, pad = 720, 180, 20
+    peak = max((sum(c.values()) for _, c in buckets), default=0) or 1
+    bar = (width - 2 * pad) / max(1, len(buckets))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40}" '
+             f'role="img" aria-label="verdicts over time">']  # fmt: skip
+    for index, (label, counts) in enumerate(buckets):
+        y = float(height)
+        for action in ACTIONS:
+            n = counts.get(action, 0)
+            if not n:
+                continue
+            h = (height - pad) * n / peak
+            y -= h
+            parts.append(f'<rect x="{pad + index * bar:.1f}" y="{y:.1f}" width="{bar * 0.8:.1f}" '
+                         f'height="{h:.1f}" fill="{COLOURS[action]}"><title>{escape(label)} '
+                         f'{action}: {n}</title></rect>')  # fmt: skip
+        if index % max(1, len(buckets) // 8) == 0:
+            parts.append(f'<text x="{pad + index * bar:.1f}" y="{height + 15}" font-size="10">'
+                         f"{escape(label)}</text>")  # fmt: skip
+    legend_x = pad
+    for action in ACTIONS:
+        parts.append(f'<rect x="{legend_x}" y="{height + 25}" width="10" height="10" '
+                     f'fill="{COLOURS[action]}"/><text x="{legend_x + 14}" y="{height + 34}" '
+                     f'font-size="10">{action}</text>')  # fmt: skip
+        legend_x += 90
+    parts.append(
+        f'<text x="{width - pad}" y="12" font-size="10" text-anchor="end">max {peak}</text>'
+    )
+    return "".join(parts) + "</svg>"
+
+
+def summary(store: SqliteStore, settings: Settings, now: float | None = None) -> dict[str, Any]:
+    """Verdicts over 24 h, top symbols/senders/domains/rules, labels vs verdicts, failures."""
+    now = now or time.time()
+    day, week = now - 86400, now - 7 * 86400
+    per_hour: dict[int, dict[str, int]] = {}
+    for row in store.query(
+        "SELECT CAST((time - ?) / 3600 AS INT) AS n, action, COUNT(*) AS c FROM events"
+        " WHERE kind = 'message' AND time >= ? GROUP BY n, action",
+        (day, day),
+    ):
+        per_hour.setdefault(int(row["n"]), {})[row["action"]] = int(row["c"])
+    # All 24 hours, empty ones included, so the time axis is honest.
+    buckets = [
+        (datetime.fromtimestamp(day + n * 3600, UTC).strftime("%H:00"), per_hour.get(n, {}))
+        for n in range(24)
+    ]
+    totals = {a: 0 for a in ACTIONS}
+    for _, counts in buckets:
+        for action, n in counts.items():
+            totals[action] = totals.get(action, 0) + n
+    messages = sum(totals.values())
+
+    def top(sql: str, params: tuple[Any, ...]) -> list[tuple[str, int]]:
+        return [(str(r[0]), int(r[1])) for r in store.query(sql, params)]
+
+    symbols = top("SELECT symbol, COUNT(*) FROM event_symbols WHERE time >= ? GROUP BY symbol"
+                  " ORDER BY 2 DESC LIMIT 15", (week,))  # fmt: skip
+    senders = top(
+        "SELECT mail_from, COUNT(*) FROM events WHERE kind = 'message' AND time >= ?"
+        " AND mail_from != '' GROUP BY mail_from ORDER BY 2 DESC LIMIT 10",
+        (week,),
+    )
+    domains = top(
+        "SELECT substr(mail_from, instr(mail_from, '@') + 1) AS d, COUNT(*) FROM events"
+        " WHERE kind = 'message' AND time >= ? AND mail_from LIKE '%@%' GROUP BY d"
+        " ORDER BY 2 DESC LIMIT 10",
+        (week,),
+    )
+    rule_names = _rule_names(settings)
+    hits = top("SELECT symbol, COUNT(*) FROM event_symbols WHERE time >= ? GROUP BY symbol"
+               " ORDER BY 2 DESC", (week,))  # fmt: skip
+    rules = [(s, n) for s, n in hits if s in rule_names][:10]
+    labelled = store.query(
+        "SELECT l.label AS label, e.action AS action, COUNT(*) AS c FROM labels l"
+        " JOIN events e ON e.id = l.event_id WHERE l.withdrawn IS NULL AND e.time >= ?"
+        " AND l.id = (SELECT MAX(id) FROM labels WHERE event_id = l.event_id AND withdrawn IS NULL)"
+        " GROUP BY l.label, e.action",
+        (week,),
+    )
+    held = ("quarantine", "reject", "discard")
+    false_positives = sum(r["c"] for r in labelled if r["label"] == "ham" and r["action"] in held)
+    false_negatives = sum(
+        r["c"] for r in labelled if r["label"] != "ham" and r["action"] == "accept"
+    )
+    failures = top("SELECT symbol, COUNT(*) FROM event_symbols WHERE time >= ? AND"
+                   " (symbol = 'AV_FAIL' OR symbol LIKE '%\\_TEMPERROR' ESCAPE '\\'"
+                   " OR symbol LIKE '%\\_ERROR' ESCAPE '\\') GROUP BY symbol ORDER BY 2 DESC",
+                   (day,))  # fmt: skip
+    return {
+        "chart": chart(buckets),
+        "totals": totals,
+        "messages": messages,
+        "symbols": symbols,
+        "senders": senders,
+        "domains": domains,
+        "rules": rules,
+        "labelled": sum(r["c"] for r in labelled),
+        "false_positives": false_positives,
+        "false_negatives": false_negatives,
+        "failures": [(s, n, n / messages if messages else 0.0) for s, n in failures],
+    }
+
+
+def _rule_names(settings: Settings) -> set[str]:
+    from gateway.pipeline import known_symbols
+    from gateway.policy.rules import RuleSetError, load_rules
+
+    try:
+        return set(load_rules(settings.rules.paths, known_symbols([])).names)
+    except (RuleSetError, OSError):
+        return set()

@@ -1,0 +1,304 @@
+"""The review console in a real headless Chromium (Debian's), against a real store and sink."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import uvicorn
+from aiosmtpd.controller import Controller
+from playwright.sync_api import sync_playwright
+
+from gateway.config import load_settings
+from gateway.events import EventFilter, Retained, SecurityEvent, SqliteStore
+from gateway.quarantine import Quarantine
+from gateway.web.app import create_app
+from gateway.web.security import hash_password
+from tests.conftest import free_port, message, write_config
+from tests.sink import SinkHandler
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("MAILMOAT_ARTIFACTS", "var/test-artifacts"))
+PASSWORD = "correct horse battery"
+XSS = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def sink():
+    handler = SinkHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, handler
+    controller.stop()
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory, sink):
+    tmp = tmp_path_factory.mktemp("console")
+    controller, _ = sink
+    config = write_config(tmp / "c.toml", {
+        "store": {"path": str(tmp / "store")},
+        "backend": {"kind": "smtp", "host": "127.0.0.1", "port": controller.port},
+        "web": {"secret_file": str(tmp / "secret")},
+    })  # fmt: skip
+    settings = load_settings(config)
+    store = SqliteStore(settings.store.database)
+    for name, role in (("ana", "analyst"), ("adam", "admin"), ("vic", "viewer")):
+        store.add_user(name, hash_password(PASSWORD), role)
+    now = time.time()
+    symbol = {"name": "HDR_MISSING_DATE", "score": 1.0, "check": "headers", "status": "fail",
+              "details": {}}  # fmt: skip
+    for n in range(60):
+        raw = message(subject=f"Report {n}", body=f"Body of report {n}.\r\n")
+        event = SecurityEvent(
+            id=f"{n:016x}.1",
+            kind="message",
+            time=now - 60 * n,
+            mail_from=f"user{n % 3}@sender.test",
+            rcpts=("bob@example.test",),
+            subject=f"Report {n}",
+            action="accept" if n % 4 else "tag",
+            score=1.0 + n % 5,
+            client_ip="192.0.2.7",
+            symbols=(symbol,),
+        )
+        store.add(event, Retained(raw, None, None))
+    hostile = message(subject=XSS, body=XSS + "\r\n")
+    hostile_event = SecurityEvent(
+        id="00000000000000ff.1",
+        kind="message",
+        time=now,
+        subject=XSS,
+        mail_from="evil@attacker.test",
+        action="quarantine",
+        rcpts=("bob@example.test",),
+    )
+    store.add(hostile_event, Retained(hostile, None, None))
+    Quarantine(settings.store.quarantine_dir, store).hold(
+        "00000000000000ff.1",
+        "evil@attacker.test",
+        ("bob@example.test",),
+        XSS,
+        12.0,
+        "score 12",
+        hostile,
+    )
+    store.close()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                           log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", settings
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )  # fmt: skip
+        yield chromium
+        chromium.close()
+
+
+def login(browser, base, user):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{base}/events")
+    assert page.url.startswith(f"{base}/login")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/events")
+    return context, page
+
+
+def store_of(settings):
+    return SqliteStore(settings.store.database)
+
+
+def test_unauthenticated_requests_are_refused(console):
+    base, settings = console
+    for path in ("/", "/events", "/events/0000000000000001.1", "/quarantine", "/users"):
+        request = urllib.request.Request(base + path)
+        opener = urllib.request.build_opener(NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(request)
+        assert refused.value.code == 303
+        assert refused.value.headers["Location"].startswith("/login")
+        refused.value.close()
+    post = urllib.request.Request(f"{base}/events/label", data=b"ids=0000000000000001.1&label=spam",
+                                  method="POST")  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused_post:
+        urllib.request.build_opener(NoRedirect).open(post)
+    refused_post.value.close()
+    store = store_of(settings)
+    assert store.current_label("0000000000000001.1") is None
+    store.close()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def test_analyst_filters_opens_and_labels(console, browser):
+    base, settings = console
+    context, page = login(browser, base, "ana")
+    page.fill("input[name=sender]", "user1@sender.test")
+    page.click("form.filters button")
+    rows = page.locator("#events tr").count() - 1
+    assert rows == 20  # 60 events, a third from user1
+    assert "user1@sender.test" in page.inner_text("#events")
+    page.screenshot(path=str(ARTIFACTS / "events-filtered.png"), full_page=True)
+    page.locator("#events a").first.click()  # the newest matching event
+    page.wait_for_url(f"{base}/events/*")
+    event_id = page.url.rsplit("/", 1)[1]
+    assert "HDR_MISSING_DATE" in page.inner_text("#symbols")
+    assert "Body of report" in page.inner_text("#message")
+    page.select_option("select[name=label]", "spam")
+    page.fill("input[name=note]", "obvious")
+    page.click("#label-button")
+    page.wait_for_url(f"{base}/events/{event_id}")
+    assert "spam" in page.inner_text("#labels")
+    page.screenshot(path=str(ARTIFACTS / "event-labelled.png"), full_page=True)
+    store = store_of(settings)
+    label = store.current_label(event_id)
+    assert (label.label, label.author, label.source, label.note) == (
+        "spam",
+        "ana",
+        "console",
+        "obvious",
+    )
+    audits = store.list(EventFilter(kind="audit", limit=100))
+    assert {"login", "label"} <= {a.action for a in audits}
+    store.close()
+    context.close()
+
+
+def test_bulk_labelling_and_pagination(console, browser):
+    base, _ = console
+    context, page = login(browser, base, "ana")
+    assert page.locator("#next").count() == 1  # 61 events, 50 a page
+    boxes = page.locator("input[name=ids]")
+    for i in range(3):
+        boxes.nth(i).check()
+    page.select_option("form[action='/events/label'] select[name=label]", "phish")
+    page.click("form[action='/events/label'] button[type=submit]")
+    page.wait_for_url(f"{base}/events*")
+    page.goto(f"{base}/events?label=phish")
+    assert page.locator("#events tr").count() - 1 == 3
+    context.close()
+
+
+def test_admin_releases_a_quarantined_message_and_it_arrives(console, browser, sink):
+    base, settings = console
+    _, handler = sink
+    context, page = login(browser, base, "adam")
+    page.goto(f"{base}/quarantine")
+    page.screenshot(path=str(ARTIFACTS / "quarantine.png"), full_page=True)
+    page.click("#quarantine form[action$='/release-ham'] button")
+    page.wait_for_url(f"{base}/quarantine")
+    assert "Nothing held" in page.inner_text("#quarantine")
+    deadline = time.monotonic() + 10
+    while not handler.messages and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [arrived] = handler.messages
+    assert arrived.rcpts == ["bob@example.test"]
+    store = store_of(settings)
+    assert store.current_label("00000000000000ff.1").label == "ham"
+    assert "release-ham" in {a.action for a in store.list(EventFilter(kind="audit", limit=100))}
+    store.close()
+    context.close()
+
+
+def test_message_content_is_escaped_not_rendered(console, browser):
+    base, _ = console
+    context, page = login(browser, base, "vic")
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(f"{base}/events/00000000000000ff.1")
+    assert XSS in page.inner_text("#subject")  # shown as text
+    assert XSS in page.inner_text("#message")
+    assert page.title() != "pwned"
+    assert dialogs == []
+    assert page.locator("img[src=x]").count() == 0
+    page.goto(f"{base}/events")
+    assert page.title() != "pwned"
+    context.close()
+
+
+def test_forged_csrf_and_roles_are_refused(console, browser):
+    base, settings = console
+    context, _ = login(browser, base, "vic")
+    # A viewer may look, not label.
+    target = f"{base}/events/0000000000000002.1/label"
+    response = context.request.post(target, form={"label": "spam", "csrf": "x"}, max_redirects=0)
+    assert response.status == 403
+    context.close()
+    context, _ = login(browser, base, "ana")
+    response = context.request.post(
+        target, form={"label": "spam", "csrf": "forged"}, max_redirects=0
+    )
+    assert response.status == 403
+    assert "Invalid form token" in response.text()
+    store = store_of(settings)
+    assert store.current_label("0000000000000002.1") is None
+    assert "csrf_refused" in {a.action for a in store.list(EventFilter(kind="audit", limit=200))}
+    store.close()
+    # An analyst may not release or manage users.
+    response = context.request.get(f"{base}/users", max_redirects=0)
+    assert response.status == 403
+    context.close()
+
+
+def test_login_is_rate_limited(console, browser):
+    base, _ = console
+    context = browser.new_context()
+    page = context.new_page()
+    statuses = []
+    for _ in range(6):
+        page.goto(f"{base}/login")
+        page.fill("input[name=username]", "mallory")  # unknown users are limited too
+        page.fill("input[name=password]", "wrong password!")
+        with page.expect_response(f"{base}/login") as response:
+            page.click("button[type=submit]")
+        statuses.append(response.value.status)
+    assert statuses[:5] == [401] * 5
+    assert statuses[5] == 429
+    assert "Too many failed attempts" in page.inner_text("#error")
+    context.close()
+
+
+def test_overview_page(console, browser):
+    base, _ = console
+    context, page = login(browser, base, "adam")
+    page.goto(f"{base}/")
+    assert page.locator("svg rect").count() > 0
+    assert "HDR_MISSING_DATE" in page.inner_text("main")
+    page.screenshot(path=str(ARTIFACTS / "overview.png"), full_page=True)
+    headers = context.request.get(f"{base}/").headers
+    assert "script-src 'none'" in headers["content-security-policy"]
+    context.close()
