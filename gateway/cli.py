@@ -49,13 +49,30 @@ def _fmt_time(ts: float) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    config_path = Path(args.config) if args.config else None
+    workers = settings.server.worker_count
+    if workers == 1:
+        _serve_one(settings, config_path, 0)
+        return 0
+    from gateway.smtp.workers import run_workers
+
+    return run_workers(workers, lambda worker: _serve_one(settings, config_path, worker), settings)
+
+
+def _serve_one(settings: Settings, config_path: Path | None, worker: int) -> None:
     from gateway.service import Gateway
     from gateway.smtp.server import serve
 
-    settings = _settings(args)
-    gateway = Gateway(settings, Path(args.config) if args.config else None)
-    asyncio.run(serve(gateway))
-    return 0
+    gateway = Gateway(settings, config_path)
+    try:
+        import uvloop  # a faster event loop where installed (docs/performance.md)
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(serve(gateway, worker=worker))
 
 
 # --- scan -----------------------------------------------------------------------------

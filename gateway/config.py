@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import socket
 import tomllib
 from pathlib import Path
@@ -72,6 +73,8 @@ class ServerConfig(FrozenModel):
 
     listen: str = "127.0.0.1:10025"
     hostname: str = ""
+    # Worker processes sharing the listening port (SO_REUSEPORT); 0: one per CPU core.
+    workers: Annotated[int, Field(ge=0, le=64)] = 0
     max_message_size: PositiveInt = 25 * 1024 * 1024
     max_connections: PositiveInt = 200
     max_connections_per_ip: PositiveInt = 20
@@ -99,6 +102,11 @@ class ServerConfig(FrozenModel):
     def listen_address(self) -> tuple[str, int]:
         """The (host, port) pair to bind."""
         return parse_hostport(self.listen)
+
+    @property
+    def worker_count(self) -> int:
+        """Workers to start: the configured number, or one per core."""
+        return self.workers or os.cpu_count() or 1
 
     @property
     def identity(self) -> str:

@@ -96,6 +96,7 @@ class EventStore(Protocol):
     """What the gateway needs of an event store (SQLite now; PostgreSQL can follow)."""
 
     def add(self, event: SecurityEvent, retained: Retained | None = None) -> None: ...
+    def add_many(self, items: Sequence[tuple[SecurityEvent, Retained | None]]) -> None: ...
     def get(self, event_id: str) -> SecurityEvent: ...
     def list(self, where: EventFilter) -> list[SecurityEvent]: ...
     def close(self) -> None: ...
@@ -218,8 +219,10 @@ class SqliteStore:
             self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed quarantine row survives power loss, as the message file does.
-            self.db.execute("PRAGMA synchronous=FULL")
+            # NORMAL in WAL mode: a commit survives a crash of the process, and events are
+            # written in groups. Transactions that must survive power loss too (the
+            # quarantine index) ask for durable=True and are committed with FULL.
+            self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.executescript(_SCHEMA)
@@ -232,10 +235,15 @@ class SqliteStore:
         self.lock = threading.Lock()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One serialised write transaction; sqlite errors become StoreError."""
+    def transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One serialised write transaction; sqlite errors become StoreError.
+
+        ``durable``: the commit is fsync'd (synchronous=FULL), surviving power loss.
+        """
         with self.lock:
             try:
+                if durable:
+                    self.db.execute("PRAGMA synchronous=FULL")
                 self.db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self.db
@@ -245,6 +253,9 @@ class SqliteStore:
                 self.db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
+            finally:
+                if durable:
+                    self.db.execute("PRAGMA synchronous=NORMAL")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run a read query under the lock."""
@@ -256,53 +267,61 @@ class SqliteStore:
 
     def add(self, event: SecurityEvent, retained: Retained | None = None) -> None:
         """Store one event and its symbols (and what is retained of the message, if any)."""
-        record = event.to_dict()
+        self.add_many([(event, retained)])
+
+    def add_many(self, items: Sequence[tuple[SecurityEvent, Retained | None]]) -> None:
+        """Store several events in one transaction (group commit)."""
         with self.transaction() as db:
+            for event, retained in items:
+                self._insert(db, event, retained)
+
+    def _insert(
+        self, db: sqlite3.Connection, event: SecurityEvent, retained: Retained | None
+    ) -> None:
+        record = event.to_dict()
+        cursor = db.execute(
+            "INSERT INTO events (id, time, kind, client_ip, mail_from, action, score, subject,"
+            " message_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.id,
+                event.time,
+                event.kind,
+                event.client_ip,
+                event.mail_from.lower(),
+                event.action,
+                event.score,
+                event.subject,
+                event.message_id,
+                json.dumps(record, ensure_ascii=False),
+            ),
+        )
+        db.executemany(
+            "INSERT INTO event_symbols (event_id, symbol, score, time) VALUES (?, ?, ?, ?)",
+            [(event.id, s["name"], s.get("score", 0.0), event.time) for s in event.symbols],
+        )
+        db.executemany(
+            "INSERT INTO event_rcpts (event_id, rcpt, time) VALUES (?, ?, ?)",
+            [(event.id, r.lower(), event.time) for r in event.rcpts],
+        )
+        if event.subject:
             db.execute(
-                "INSERT INTO events (id, time, kind, client_ip, mail_from, action, score, subject,"
-                " message_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events_fts (rowid, subject) VALUES (?, ?)",
+                (cursor.lastrowid, event.subject),
+            )
+        if retained is not None:
+            features = retained.features
+            db.execute(
+                "INSERT INTO retained (event_id, time, expires, raw, features, feature_version)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     event.id,
                     event.time,
-                    event.kind,
-                    event.client_ip,
-                    event.mail_from.lower(),
-                    event.action,
-                    event.score,
-                    event.subject,
-                    event.message_id,
-                    json.dumps(record, ensure_ascii=False),
+                    retained.expires,
+                    None if retained.raw is None else zlib.compress(retained.raw, 6),
+                    None if features is None else zlib.compress(json.dumps(features).encode()),
+                    None if features is None else features.get("version"),
                 ),
             )
-            db.executemany(
-                "INSERT INTO event_symbols (event_id, symbol, score, time) VALUES (?, ?, ?, ?)",
-                [(event.id, s["name"], s.get("score", 0.0), event.time) for s in event.symbols],
-            )
-            db.executemany(
-                "INSERT INTO event_rcpts (event_id, rcpt, time) VALUES (?, ?, ?)",
-                [(event.id, r.lower(), event.time) for r in event.rcpts],
-            )
-            if event.subject:
-                rowid = db.execute("SELECT rowid FROM events WHERE id = ?", (event.id,)).fetchone()[
-                    0
-                ]
-                db.execute(
-                    "INSERT INTO events_fts (rowid, subject) VALUES (?, ?)", (rowid, event.subject)
-                )
-            if retained is not None:
-                features = retained.features
-                db.execute(
-                    "INSERT INTO retained (event_id, time, expires, raw, features, feature_version)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        event.id,
-                        event.time,
-                        retained.expires,
-                        None if retained.raw is None else zlib.compress(retained.raw, 6),
-                        None if features is None else zlib.compress(json.dumps(features).encode()),
-                        None if features is None else features.get("version"),
-                    ),
-                )
 
     def retained(self, event_id: str) -> Retained | None:
         """The retained raw message and feature snapshot of an event, if any."""
@@ -546,13 +565,19 @@ class EventRecorder:
 
     def record(self, event: SecurityEvent, retained: Retained | None = None) -> None:
         """Record one event; raise StoreError when the store could not keep it."""
-        if event_log.isEnabledFor(logging.INFO):
-            event_log.info(json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":")))
+        self.record_many([(event, retained)])
+
+    def record_many(self, items: Sequence[tuple[SecurityEvent, Retained | None]]) -> None:
+        """Record several events: log lines, JSON lines, then one store transaction."""
         try:
-            if self.jsonl is not None:
-                self.jsonl.write(event)
+            for event, _ in items:
+                if event_log.isEnabledFor(logging.INFO):
+                    line = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+                    event_log.info(line)
+                if self.jsonl is not None:
+                    self.jsonl.write(event)
         finally:
-            self.store.add(event, retained)
+            self.store.add_many(items)
 
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")

@@ -68,7 +68,7 @@ class Quarantine:
             write_durably(self.directory, path.name, message)
         except OSError as exc:
             raise StoreError(f"quarantine write failed: {exc.strerror}") from exc
-        with self.store.transaction() as db:
+        with self.store.transaction(durable=True) as db:
             db.execute(
                 "INSERT INTO quarantine (id, time, mail_from, rcpts, subject, score, reason, size,"
                 " status, status_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'held', ?)",

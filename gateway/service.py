@@ -46,6 +46,7 @@ class Gateway:
         self.quarantine = Quarantine(settings.store.quarantine_dir, self.store)
         jsonl = JsonLinesSink(settings.store.jsonl) if settings.store.jsonl else None
         self.recorder = EventRecorder(self.store, jsonl)
+        self.committer = GroupCommitter(self.recorder)
         self.metrics = Metrics()
         self.metrics.versions(self.versions)
 
@@ -73,9 +74,13 @@ class Gateway:
         return Retained(raw if keep_raw else None, ctx.features.to_dict(), expires)
 
     async def record(self, event: SecurityEvent, retained: Retained | None = None) -> bool:
-        """Record an event off the event loop; a store failure is logged, never raised."""
+        """Record an event (group-committed with others in flight); failures are logged.
+
+        The caller waits for the commit, so the reply is sent after the event is stored, but
+        concurrent sessions share one transaction instead of queueing for one each.
+        """
         try:
-            await asyncio.to_thread(self.recorder.record, event, retained)
+            await self.committer.submit(event, retained)
         except StoreError as exc:
             log.error("event %s could not be stored: %s", event.id, exc)
             return False
@@ -183,3 +188,35 @@ async def release_message(
     except StoreError as exc:
         log.error("release event %s could not be stored: %s", event.id, exc)
     return reply
+
+
+class GroupCommitter:
+    """Writes events in groups: everything submitted while a write runs goes in the next one."""
+
+    def __init__(self, recorder: EventRecorder) -> None:
+        self.recorder = recorder
+        self.pending: list[tuple[SecurityEvent, Retained | None, asyncio.Future[None]]] = []
+        self.writer: asyncio.Task[None] | None = None
+
+    async def submit(self, event: SecurityEvent, retained: Retained | None) -> None:
+        """Queue one event and wait until it is committed (StoreError if it was not)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((event, retained, done))
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.create_task(self._write())
+        await done
+
+    async def _write(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                await asyncio.to_thread(self.recorder.record_many, [(e, r) for e, r, _ in batch])
+            except Exception as exc:  # every waiter learns of the failure
+                error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(error)
+            else:
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_result(None)

@@ -67,6 +67,7 @@ def config_factory(tmp_path: Path) -> Callable[..., Path]:
                 "shutdown_grace": 5.0,
                 "pid_file": str(tmp_path / "mailmoat.pid"),
                 "metrics_listen": "",
+                "workers": 1,
             },
             "backend": (
                 {"kind": "smtp", "host": "127.0.0.1", "port": backend_port}

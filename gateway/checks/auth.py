@@ -117,6 +117,8 @@ class AuthCheck:
         async def arc() -> ArcResult | None:
             if not cfg.arc:
                 return None
+            if b"arc-seal:" not in env.raw[:65536].lower():
+                return ArcResult("none")  # no chain: no thread, no DNS
             return await asyncio.to_thread(verify_arc, env.raw, bridge, cfg.min_key_bits)
 
         async def prefetch_dmarc() -> None:

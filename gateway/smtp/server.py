@@ -237,7 +237,12 @@ class SmtpServer:
         host, port = self.gateway.settings.server.listen_address
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            self._protocol, host=None if host == "*" else host, port=port, reuse_address=True
+            self._protocol,
+            host=None if host == "*" else host,
+            port=port,
+            reuse_address=True,
+            # Several worker processes bind the same port; the kernel spreads connections.
+            reuse_port=self.gateway.settings.server.worker_count > 1,
         )
         sockname = self.server.sockets[0].getsockname()
         log.info("listening on %s:%s", sockname[0], sockname[1])
@@ -274,17 +279,18 @@ def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(gateway: Gateway, ready: asyncio.Event | None = None) -> None:
+async def serve(gateway: Gateway, ready: asyncio.Event | None = None, worker: int = 0) -> None:
     """Run until SIGTERM or SIGINT (drain, then stop); SIGHUP reloads the pipeline."""
     server = SmtpServer(gateway)
     await server.start()
     gateway.metrics.sessions.set_function(lambda: len(server.state.protocols))
     metrics_server = None
-    if gateway.settings.server.metrics_listen:
+    # With several workers the first serves the metrics port (its own counters).
+    if gateway.settings.server.metrics_listen and worker == 0:
         host, port = parse_hostport(gateway.settings.server.metrics_listen)
         metrics_server = await serve_metrics(gateway.metrics, gateway.readiness, host, port)
-    pid_file = gateway.settings.server.pid_file
-    if pid_file is not None:
+    pid_file = gateway.settings.server.pid_file if worker == 0 else None
+    if pid_file is not None and gateway.settings.server.worker_count == 1:
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(f"{os.getpid()}\n")
     loop = asyncio.get_running_loop()

@@ -260,3 +260,43 @@ async def test_backend_starttls(config_factory, tls_pair):
             assert refused.value.code == 451
     finally:
         await sink.stop()
+
+
+def _children(pid: int) -> list[Path]:
+    return [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == pid]
+
+
+def _parent(proc_dir: Path) -> int:
+    try:
+        status = (proc_dir / "status").read_text()
+    except OSError:  # the process is gone
+        return -1
+    line = next((x for x in status.splitlines() if x.startswith("PPid:")), "PPid: -1")
+    return int(line.split()[1])
+
+
+async def test_two_workers_share_the_port_and_stop_together(sink, config_factory, tmp_path):
+    port = free_port()
+    pid_file = tmp_path / "gw.pid"
+    config = config_factory(
+        sink.port, server={"listen": f"127.0.0.1:{port}", "workers": 2, "pid_file": str(pid_file)}
+    )
+    proc = await start_process(config)
+    try:
+        await wait_for_port(port)
+        for n in range(20):
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10) as client:
+                await client.sendmail(
+                    "a@sender.test", ["bob@example.test"], message(subject=f"n{n}")
+                )
+        await sink.wait_for(20)
+        assert int(pid_file.read_text()) == proc.pid  # the parent, which minds the workers
+        children = await asyncio.to_thread(_children, proc.pid)
+        assert len(children) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        assert not pid_file.exists()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

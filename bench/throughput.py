@@ -1,0 +1,306 @@
+# ruff: noqa: E501 - long literal rows of the benchmark table
+"""Throughput and latency of the whole gateway over loopback, against the limit.
+
+Run:  .venv/bin/python -m bench.throughput [--messages N] [--quick]
+
+Processes: an SMTP sink (bench/sink_server.py, its own process), a real clamd with the
+project's signatures, an authoritative DNS server on loopback (in this process, its own
+thread) holding SPF, DKIM and DMARC records of the test messages, and the gateway
+(`mailmoat serve`, its own process) relaying to the sink. The load generator is an asyncio
+SMTP client (aiosmtplib) in this process.
+
+Rows, measured back to back: 1. the limit (generator straight to the sink); 2. the gateway
+with every check off (pass-through: the proxy's own cost, events stored); 3. every check on
+(antivirus, auth, content, classifier, header/protocol checks, the starter rules, events
+stored); 4. each check alone. Columns: messages/s at concurrency 1, 10 and 50 (with 10
+messages per session; and at 10 with 1 per session), latency p50/p95/p99 at concurrency 10,
+CPU ms per message of the gateway and of clamd, and peak memory of the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+
+from bench.common import ROOT, load_corpus, percentile, table
+from tests import authdata
+from tests.clamav import ClamdProcess
+from tests.conftest import free_port, write_config
+from tests.dnsserver import DnsServer, txt
+
+CLK = os.sysconf("SC_CLK_TCK")
+ERRORS: Counter[str] = Counter()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def family(pid: int) -> list[int]:
+    """A process and its children (the gateway's workers)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if f"PPid:\t{pid}\n" in status:
+                pids.append(int(entry.name))
+    return pids
+
+
+def family_cpu(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in family(pid))
+
+
+def family_peak_mib(pid: int) -> float:
+    """The largest peak resident memory among the gateway's processes."""
+    return max(peak_rss_mib(p) for p in family(pid))
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class DnsThread:
+    """The test DNS server on its own loop in a thread."""
+
+    def __init__(self, zone: Any) -> None:
+        self.zone = zone
+        self.ready = threading.Event()
+        self.address = ""
+        threading.Thread(target=self._run, daemon=True).start()
+        self.ready.wait(10)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            server = await DnsServer(self.zone).start()
+            self.address = server.address
+            self.ready.set()
+            await asyncio.Event().wait()
+
+        asyncio.run(main())
+
+
+async def session(port: int, batch: list[bytes], latencies: list[float]) -> int:
+    sent = 0
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=60)
+    await client.connect()
+    try:
+        for raw in batch:
+            started = time.perf_counter()
+            try:
+                await client.sendmail("alice@bench.test", ["bob@example.test"], raw)
+                sent += 1
+            except aiosmtplib.SMTPResponseException as exc:
+                ERRORS[f"{exc.code} {exc.message[:60]}"] += 1  # refused or deferred: not sent
+            latencies.append((time.perf_counter() - started) * 1000)
+    finally:
+        try:
+            await client.quit()
+        except aiosmtplib.SMTPException:
+            client.close()
+    return sent
+
+
+async def load(
+    port: int, messages: list[bytes], concurrency: int, per_session: int, total: int | None = None
+) -> dict[str, Any]:
+    queue = [messages[i % len(messages)] for i in range(total or len(messages))]
+    batches = [queue[i : i + per_session] for i in range(0, len(queue), per_session)]
+    latencies: list[float] = []
+    sent = 0
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        nonlocal sent
+        while batches:
+            done = await session(port, batches.pop(), latencies)
+            sent += done  # not `sent += await ...`: that reads sent before the await
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    return {"rate": sent / seconds, "sent": sent, "latencies": latencies}
+
+
+class Gateway:
+    """`mailmoat serve` in its own process with a given config."""
+
+    def __init__(self, config: Path, port: int) -> None:
+        self.port = port
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level", "WARNING"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        import socket
+
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("gateway did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def main(total: int, quick: bool) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="mailmoat-bench-"))
+    keys = authdata.make_keys(tmp)
+    zone = authdata.make_zone(keys)
+    zone.add("bench.test", "TXT", txt("v=spf1 ip4:127.0.0.1 -all"))
+    zone.add("sel._domainkey.bench.test", "TXT", txt(f"v=DKIM1; k=rsa; p={keys.rsa_public_b64}"))
+    zone.add("_dmarc.bench.test", "TXT", txt("v=DMARC1; p=reject"))
+    dns = DnsThread(zone)
+    line = "Numbers for the quarterly report are attached below, as agreed.\r\n"
+    body = line * 70  # about 5 KB with the headers and signature
+    signed = [authdata.sign_rsa(authdata.message("alice@bench.test", f"Report {n}", body), keys, "bench.test")
+              for n in range(50)]  # fmt: skip
+    corpus = [raw for _, raw in load_corpus()]
+    random.Random(3).shuffle(corpus)
+    mix = corpus[:300]
+    big = authdata.message("alice@bench.test", "Big", "x" * 76 + "\r\n") + (
+        b"A" * 76 + b"\r\n") * 13_500  # fmt: skip
+    sink_port = free_port()
+    sink = subprocess.Popen([sys.executable, "-m", "bench.sink_server", str(sink_port)], cwd=ROOT,
+                            stdout=subprocess.PIPE)  # fmt: skip
+    sink.stdout.readline()  # type: ignore[union-attr]
+    clamd = ClamdProcess(tmp / "clamd", stream_max="64M").start()
+    all_checks = ["protocol", "headers", "antivirus", "content", "auth", "classifier"]
+
+    def config(enabled: list[str], rules: bool) -> Path:
+        sections: dict[str, dict[str, Any]] = {
+            "server": {"listen": f"127.0.0.1:{gateway_port}", "metrics_listen": "", "pid_file": str(tmp / "pid"),
+                       "max_connections": 500, "max_connections_per_ip": 500, "hostname": "mx.bench"},
+            "backend": {"kind": "smtp", "host": "127.0.0.1", "port": sink_port},
+            "store": {"path": str(tmp / f"store-{len(enabled)}-{time.time()}"), "retain_sample_rate": 0.1},
+            "antivirus": {"address": clamd.address},
+            "dns": {"nameservers": [dns.address], "timeout": 2.0},
+            "rules": {"enabled": rules},
+        }  # fmt: skip
+        for check in all_checks:
+            sections[f"checks.{check}"] = {"enabled": check in enabled}
+        return write_config(tmp / "gateway.toml", sections)
+
+    rows: list[list[Any]] = []
+    shapes = [(1, 10), (10, 10), (50, 10), (10, 1)] if not quick else [(10, 10), (50, 10)]
+    scenarios: list[tuple[str, list[str] | None, bool]] = [
+        ("1. limit: generator -> sink", None, False),
+        ("2. pass-through (all checks off)", [], False),
+        ("3. full pipeline", all_checks, True),
+    ]
+    if not quick:
+        scenarios += [(f"4. {c} alone", [c], False) for c in all_checks] + [
+            ("4. rules alone", [], True)
+        ]
+    for name, enabled, rules in scenarios:
+        gateway_port = free_port()
+        gateway = None
+        port = sink_port
+        if enabled is not None:
+            gateway = Gateway(config(enabled, rules), gateway_port)
+            port = gateway_port
+        try:
+            asyncio.run(load(port, signed, 4, 5))  # warm-up: caches, model, clamd
+            cpu_before = family_cpu(gateway.process.pid) if gateway else 0.0
+            clamd_before = cpu_seconds(clamd.process.pid)  # type: ignore[union-attr]
+            results = {}
+            for concurrency, per_session in shapes:
+                results[(concurrency, per_session)] = asyncio.run(
+                    load(port, signed, concurrency, per_session, total)
+                )
+            sent = sum(r["sent"] for r in results.values())
+            if not sent:
+                raise RuntimeError(f"{name}: no message was accepted")
+            cpu = (family_cpu(gateway.process.pid) - cpu_before) * 1000 / sent if gateway else 0.0
+            clamd_cpu = (cpu_seconds(clamd.process.pid) - clamd_before) * 1000 / sent  # type: ignore[union-attr]
+            lat = results.get((10, 10), next(iter(results.values())))["latencies"]
+            row = [name] + [f"{results[s]['rate']:.0f}" if s in results else "" for s in
+                            [(1, 10), (10, 10), (50, 10), (10, 1)]]  # fmt: skip
+            row += [percentile(lat, 50), percentile(lat, 95), percentile(lat, 99), f"{cpu:.2f}",
+                    f"{clamd_cpu:.2f}", f"{family_peak_mib(gateway.process.pid):.0f}" if gateway else ""]  # fmt: skip
+            extra = {}
+            if gateway and enabled == all_checks:
+                extra["mix"] = asyncio.run(load(port, mix, 10, 10))["rate"]
+                extra["1MB"] = asyncio.run(load(port, [big] * 20, 4, 5))["rate"]
+            rows.append(row)
+            if extra:
+                rows.append(
+                    [
+                        "   full, corpus mix (c10x10)",
+                        f"{extra['mix']:.0f}",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                    ]
+                )
+                rows.append(
+                    [
+                        "   full, 1 MB message (c4x5)",
+                        f"{extra['1MB']:.1f}",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                    ]
+                )
+        finally:
+            if gateway:
+                gateway.stop()
+        print(f"done: {name}", file=sys.stderr, flush=True)
+    clamd.stop()
+    sink.terminate()
+    print(
+        f"{len(signed[0]) / 1024:.1f} KiB DKIM-signed messages, {total} per cell; "
+        f"gateway workers: {os.cpu_count()} (one per core); latency columns at c10x10"
+    )
+    headers = ["row", "msg/s c1x10", "c10x10", "c50x10", "c10x1", "p50 ms", "p95 ms", "p99 ms",
+               "gw CPU ms/msg", "clamd CPU ms/msg", "peak MiB per gw process"]  # fmt: skip
+    print(table(headers, rows))
+    limit = float(rows[0][3])
+    passthrough = float(rows[1][3])
+    full = next(r for r in rows if r[0].startswith("3."))
+    print(f"full pipeline at c50x10: {float(full[3]) / limit:.1%} of the limit, "
+          f"{float(full[3]) / passthrough:.1%} of pass-through; p99 at c10x10 {full[7]} ms")  # fmt: skip
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=1000, help="messages per cell")
+    parser.add_argument("--quick", action="store_true", help="rows 1-3 only, two shapes")
+    args = parser.parse_args()
+    main(args.messages, args.quick)
