@@ -93,7 +93,7 @@ def _walk(
         try:
             with archive.open(info) as handle:
                 content = handle.read(limit + 1)
-        except (zipfile.BadZipFile, NotImplementedError, ValueError, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, RuntimeError, ValueError, OSError, EOFError) as exc:
             report.unreadable.append(f"{member_path}: {exc}"[:200])
             continue
         if len(content) > limit:

@@ -164,3 +164,22 @@ def clamd(tmp_path_factory):
     process = ClamdProcess(tmp_path_factory.mktemp("clamd")).start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory):
+    """RSA and Ed25519 keys for DKIM and ARC, made once per test session."""
+    from tests import authdata
+
+    return authdata.make_keys(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+async def dns(keys):
+    """A real authoritative DNS server on loopback with the tests' zones."""
+    from tests import authdata
+    from tests.dnsserver import DnsServer
+
+    server = await DnsServer(authdata.make_zone(keys)).start()
+    yield server
+    await server.stop()

@@ -14,19 +14,6 @@ from gateway.types import Action
 from tests import authdata
 from tests.authdata import LIST_IP, OTHER_IP, SENDER_IP
 from tests.checks.golden import offline_settings, scan_with_context
-from tests.dnsserver import DnsServer
-
-
-@pytest.fixture(scope="session")
-def keys(tmp_path_factory):
-    return authdata.make_keys(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture
-async def dns(keys):
-    server = await DnsServer(authdata.make_zone(keys)).start()
-    yield server
-    await server.stop()
 
 
 async def scan(

@@ -15,17 +15,10 @@ from gateway.policy.rules_schema import json_schema
 from gateway.policy.verdict import Policy
 from gateway.types import Action, Finding, Status
 from tests.checks.golden import offline_settings
+from tests.checks.test_content import PE
 from tests.messages import with_attachments, zip_bytes
 
 RULES = Path(__file__).resolve().parents[1] / "data" / "rules"
-PE = (
-    b"MZ"
-    + b"\x90\x00" * 29
-    + b"\x80\x00\x00\x00"
-    + b"\x00" * 64
-    + b"PE\x00\x00\x4c\x01"
-    + b"\x00" * 200
-)
 
 
 @pytest.fixture(scope="module")

@@ -5,23 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import aiosmtplib
-import pytest
 
 from tests import authdata
 from tests.conftest import running_gateway
-from tests.dnsserver import DnsServer
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    return authdata.make_keys(tmp_path_factory.mktemp("keys"))
-
-
-@pytest.fixture
-async def dns(keys):
-    server = await DnsServer(authdata.make_zone(keys)).start()
-    yield server
-    await server.stop()
 
 
 async def send(port, raw, mail_from="alice@sender.test"):
