@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# CI runs the fuzz tests derandomized (the same examples each run, no flaky red builds);
+# locally they explore new inputs each time, and what they find is kept as @example.
+hypothesis_settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 from gateway.config import DEFAULT_SCORES, Settings, load_settings
 from gateway.events import EventFilter, SecurityEvent

@@ -191,8 +191,9 @@ def _header_tokens(message: ParsedMessage) -> list[str]:
     if not message.from_mailboxes:
         tokens.append("from:missing")
     mailer = message.header("X-Mailer") or message.header("User-Agent")
-    if mailer:
-        tokens.append("mailer:" + decode_header_value(mailer).split("/")[0].split()[0].lower()[:30])
+    words = decode_header_value(mailer).split("/")[0].split() if mailer else []
+    if words:  # a blank X-Mailer has no family (found by fuzzing: it raised IndexError)
+        tokens.append("mailer:" + words[0].lower()[:30])
     for name in ("Reply-To", "In-Reply-To", "References", "MIME-Version", "Message-ID"):
         tokens.append(f"has:{name.lower()}" if message.header(name) else f"no:{name.lower()}")
     subject = message.subject

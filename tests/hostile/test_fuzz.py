@@ -58,6 +58,7 @@ FOUND = [
     b"Content-Type: text/plain; charset=utf-99\r\n\r\n\xff\xfe",
     b"\r\n\r\n\r\n",
     b"From: \x00\r\n\r\nx",
+    b"X-Mailer: \x0c\r\n\r\n",  # blank mailer: extract() raised IndexError
 ]
 
 
@@ -68,6 +69,7 @@ FOUND = [
 @example(FOUND[2])
 @example(FOUND[3])
 @example(FOUND[4])
+@example(FOUND[5])
 def test_parser_features_and_rules_never_raise(raw: bytes) -> None:
     message = ParsedMessage.parse(raw)
     features = extract(message)
