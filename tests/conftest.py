@@ -13,12 +13,6 @@ from typing import Any
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-# CI runs the fuzz tests derandomized (the same examples each run, no flaky red builds);
-# locally they explore new inputs each time, and what they find is kept as @example.
-hypothesis_settings.register_profile("ci", derandomize=True)
-if os.environ.get("CI"):
-    hypothesis_settings.load_profile("ci")
-
 from gateway.config import DEFAULT_SCORES, Settings, load_settings
 from gateway.events import EventFilter, SecurityEvent
 from gateway.service import Gateway
@@ -26,6 +20,12 @@ from gateway.smtp.server import SmtpServer
 from tests.sink import Sink
 
 DATA = Path(__file__).parent / "data"
+
+# CI runs the fuzz tests derandomized (the same examples each run, no flaky red builds);
+# locally they explore new inputs each time, and what they find is kept as @example.
+hypothesis_settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 def toml_value(value: Any) -> str:
