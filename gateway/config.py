@@ -79,6 +79,10 @@ class ServerConfig(FrozenModel):
     max_connections: PositiveInt = 200
     max_connections_per_ip: PositiveInt = 20
     max_recipients: PositiveInt = 100
+    # Recipient domains this gateway accepts mail for (".example.com" also takes
+    # subdomains); others get 550 5.7.1 at RCPT, so the gateway is never an open relay.
+    # Empty: every domain the backend accepts.
+    accept_domains: list[str] = Field(default_factory=list)
     max_line_length: Annotated[int, Field(ge=1000)] = 4096
     command_timeout: PositiveFloat = 300.0
     data_timeout: PositiveFloat = 600.0

@@ -33,6 +33,17 @@ def valid_address(address: str) -> bool:
     return len(address) <= MAX_PATH and not _BAD_ADDRESS.search(address)
 
 
+def accepted_domain(address: str, domains: list[str]) -> bool:
+    """True when no domains are configured, or the recipient's domain is one of them."""
+    if not domains:
+        return True
+    domain = address.rpartition("@")[2].lower().rstrip(".")
+    return any(
+        domain == d.lower().lstrip(".") or (d.startswith(".") and domain.endswith(d.lower()))
+        for d in domains
+    )
+
+
 def reverse_path(address: str | None) -> str:
     """aiosmtpd reports the null reverse-path as '<>'; the backend and events use ''."""
     return "" if address in (None, "<>") else address
@@ -113,6 +124,17 @@ class ProxyHandler:
             return replies.S452_TOO_MANY_RCPTS
         if not valid_address(address):
             return replies.S553_BAD_ADDRESS
+        if not accepted_domain(address, self.limits.accept_domains):
+            await self._refused_step(
+                server,
+                session,
+                envelope.mail_from,
+                (address,),
+                "rcpt_refused",
+                replies.S550_RELAY_DENIED,
+                "",
+            )
+            return replies.S550_RELAY_DENIED
         backend = server.backend_session(self.gateway.backend)
         try:
             reply = await backend.rcpt(address)

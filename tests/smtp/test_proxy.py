@@ -328,3 +328,21 @@ async def test_slow_data_is_cut_off(sink, config_factory):
         assert rest.rstrip().endswith(b"421 4.4.2 Timeout, closing connection")
         writer.close()
     assert sink.messages == []
+
+
+async def test_not_an_open_relay(sink, config_factory):
+    config = config_factory(sink.port, server={"accept_domains": ["example.test", ".corp.test"]})
+    async with running_gateway(config) as gw:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, timeout=10) as client:
+            await client.mail("a@sender.test")
+            assert (await client.rcpt("bob@example.test")).code == 250
+            assert (await client.rcpt("ann@eu.corp.test")).code == 250
+            for outside in ("victim@elsewhere.test", "x@example.test.evil.test", "y@notcorp.test"):
+                with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+                    await client.rcpt(outside)
+                assert refused.value.code == 550
+                assert "5.7.1 Relaying denied" in refused.value.message
+            assert (await client.data(message())).code == 250
+        [received] = await sink.wait_for(1)
+        assert received.rcpts == ["bob@example.test", "ann@eu.corp.test"]
+        assert len(gw.events(kind="rcpt_refused")) == 3
