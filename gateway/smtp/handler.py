@@ -94,16 +94,13 @@ class ProxyHandler:
             reply = await backend.mail(reverse_path(address), options)
         except RelayError as exc:
             log.warning("%s: MAIL: %s", server.conn_id, exc)
-            await self._refused_step(
+            return await self._refused_step(
                 server, session, address, (), "mail_deferred", replies.S451_BACKEND_DOWN, str(exc)
             )
-            return replies.S451_BACKEND_DOWN
         if not reply.ok:
-            answer = mirror(reply)
-            await self._refused_step(
-                server, session, address, (), "mail_refused", answer, str(reply)
+            return await self._refused_step(
+                server, session, address, (), "mail_refused", mirror(reply), str(reply)
             )
-            return answer
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return replies.S250_SENDER_OK
@@ -111,51 +108,26 @@ class ProxyHandler:
     async def handle_RCPT(
         self, server: MailmoatSMTP, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.limits.max_recipients:
-            await self._refused_step(
-                server,
-                session,
-                envelope.mail_from,
-                (address,),
-                "rcpt_refused",
-                replies.S452_TOO_MANY_RCPTS,
-                "",
-            )
-            return replies.S452_TOO_MANY_RCPTS
         if not valid_address(address):
             return replies.S553_BAD_ADDRESS
-        if not accepted_domain(address, self.limits.accept_domains):
-            await self._refused_step(
-                server,
-                session,
-                envelope.mail_from,
-                (address,),
-                "rcpt_refused",
-                replies.S550_RELAY_DENIED,
-                "",
+
+        async def refuse(kind: str, answer: str, backend_reply: str = "") -> str:
+            return await self._refused_step(
+                server, session, envelope.mail_from, (address,), kind, answer, backend_reply
             )
-            return replies.S550_RELAY_DENIED
+
+        if len(envelope.rcpt_tos) >= self.limits.max_recipients:
+            return await refuse("rcpt_refused", replies.S452_TOO_MANY_RCPTS)
+        if not accepted_domain(address, self.limits.accept_domains):
+            return await refuse("rcpt_refused", replies.S550_RELAY_DENIED)
         backend = server.backend_session(self.gateway.backend)
         try:
             reply = await backend.rcpt(address)
         except RelayError as exc:
             log.warning("%s: RCPT: %s", server.conn_id, exc)
-            await self._refused_step(
-                server,
-                session,
-                envelope.mail_from,
-                (address,),
-                "rcpt_deferred",
-                replies.S451_BACKEND_DOWN,
-                str(exc),
-            )
-            return replies.S451_BACKEND_DOWN
+            return await refuse("rcpt_deferred", replies.S451_BACKEND_DOWN, str(exc))
         if not reply.ok:
-            answer = mirror(reply)
-            await self._refused_step(
-                server, session, envelope.mail_from, (address,), "rcpt_refused", answer, str(reply)
-            )
-            return answer
+            return await refuse("rcpt_refused", mirror(reply), str(reply))
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return replies.S250_RCPT_OK
@@ -304,8 +276,8 @@ class ProxyHandler:
         kind: str,
         answer: str,
         backend_reply: str,
-    ) -> None:
-        """Record a refused or deferred SMTP step (worth reviewing: probing, outages)."""
+    ) -> str:
+        """Record a refused or deferred SMTP step (probing, outages); return the answer."""
         await self.gateway.record(
             SecurityEvent(
                 id=server.next_event_id(),
@@ -320,6 +292,7 @@ class ProxyHandler:
                 backend_reply=backend_reply,
             )
         )
+        return answer
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default reply would be "500 Error: (Class) text": it leaks internals and
