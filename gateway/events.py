@@ -475,29 +475,21 @@ class SqliteStore:
 
     def list(self, where: EventFilter) -> list[SecurityEvent]:
         """Events matching the filter, newest first."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if where.since is not None:
-            clauses.append("e.time >= ?")
-            params.append(where.since)
-        if where.until is not None:
-            clauses.append("e.time < ?")
-            params.append(where.until)
-        if where.action:
-            clauses.append("e.action = ?")
-            params.append(where.action)
-        if where.sender:
-            clauses.append("e.mail_from = ?")
-            params.append(where.sender.lower())
-        if where.kind:
-            clauses.append("e.kind = ?")
-            params.append(where.kind)
-        if where.recipient:
-            clauses.append("e.id IN (SELECT event_id FROM event_rcpts WHERE rcpt = ?)")
-            params.append(where.recipient.lower())
-        if where.client_ip:
-            clauses.append("e.client_ip = ?")
-            params.append(where.client_ip)
+        # One clause per simple filter that is set; each takes one parameter.
+        simple = [
+            ("e.time >= ?", where.since),
+            ("e.time < ?", where.until),
+            ("e.action = ?", where.action or None),
+            ("e.mail_from = ?", where.sender.lower() if where.sender else None),
+            ("e.kind = ?", where.kind or None),
+            (
+                "e.id IN (SELECT event_id FROM event_rcpts WHERE rcpt = ?)",
+                where.recipient.lower() if where.recipient else None,
+            ),
+            ("e.client_ip = ?", where.client_ip or None),
+        ]
+        clauses = [clause for clause, value in simple if value is not None]
+        params: list[Any] = [value for _, value in simple if value is not None]
         if where.text:
             words = re.findall(r"\w+", where.text)
             if words:
