@@ -116,6 +116,8 @@ class ParsedMessage:
     # The stdlib parser recurses once per nested multipart: past Python's recursion limit
     # we keep the headers only and say the structure was too deep to parse.
     structure_too_deep: bool = False
+    # Walks already done, by bounds: checks, features and rules ask for the same ones.
+    _walks: dict[tuple[int, int], MimeWalk] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def parse(cls, raw: bytes) -> ParsedMessage:
@@ -130,7 +132,13 @@ class ParsedMessage:
         return cls(raw=raw, message=message)
 
     def walk(self, max_depth: int = 20, max_parts: int = 1000) -> MimeWalk:
-        """The leaf parts, iteratively (no recursion), stopping at the bounds."""
+        """The leaf parts, iteratively (no recursion), stopping at the bounds (memoised)."""
+        done = self._walks.get((max_depth, max_parts))
+        if done is None:
+            done = self._walks[(max_depth, max_parts)] = self._walk(max_depth, max_parts)
+        return done
+
+    def _walk(self, max_depth: int, max_parts: int) -> MimeWalk:
         leaves: list[MimePart] = []
         stack: list[tuple[email.message.Message, int]] = [(self.message, 0)]
         too_deep = self.structure_too_deep
