@@ -10,7 +10,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -230,7 +230,7 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                 (str(SCHEMA_VERSION),),
             )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{path}: cannot open the event store: {exc}") from exc
         self.lock = threading.Lock()
 
@@ -244,18 +244,22 @@ class SqliteStore:
             try:
                 if durable:
                     self.db.execute("PRAGMA synchronous=FULL")
-                self.db.execute("BEGIN IMMEDIATE")
                 try:
+                    self.db.execute("BEGIN IMMEDIATE")
                     yield self.db
+                    self.db.execute("COMMIT")
                 except BaseException:
-                    self.db.execute("ROLLBACK")
+                    # A failed COMMIT (disk full, read-only) can leave the transaction open;
+                    # end it, or every later write on this connection fails too.
+                    if self.db.in_transaction:
+                        with suppress(sqlite3.Error):
+                            self.db.execute("ROLLBACK")
                     raise
-                self.db.execute("COMMIT")
+                finally:
+                    if durable:
+                        self.db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
-            finally:
-                if durable:
-                    self.db.execute("PRAGMA synchronous=NORMAL")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run a read query under the lock."""

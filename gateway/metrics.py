@@ -35,6 +35,9 @@ class Metrics:
         )  # fmt: skip
         self.check_failures = Counter("mailmoat_check_failures", "Checks that failed (ERROR)",
                                       ["check"], registry=self.registry)  # fmt: skip
+        self.store_failures = Counter("mailmoat_store_failures",
+                                      "Writes the store refused (disk full, read-only), by what",
+                                      ["what"], registry=self.registry)  # fmt: skip
         self.temperrors = Counter("mailmoat_temperrors", "Temporary errors (e.g. DNS), by symbol",
                                   ["symbol"], registry=self.registry)  # fmt: skip
         self.sessions = Gauge("mailmoat_sessions_in_flight", "SMTP sessions connected",

@@ -68,22 +68,26 @@ class Quarantine:
             write_durably(self.directory, path.name, message)
         except OSError as exc:
             raise StoreError(f"quarantine write failed: {exc.strerror}") from exc
-        with self.store.transaction(durable=True) as db:
-            db.execute(
-                "INSERT INTO quarantine (id, time, mail_from, rcpts, subject, score, reason, size,"
-                " status, status_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'held', ?)",
-                (
-                    event_id,
-                    time.time(),
-                    mail_from,
-                    json.dumps(list(rcpts)),
-                    subject,
-                    score,
-                    reason,
-                    len(message),
-                    time.time(),
-                ),
-            )
+        try:
+            with self.store.transaction(durable=True) as db:
+                db.execute(
+                    "INSERT INTO quarantine (id, time, mail_from, rcpts, subject, score, reason,"
+                    " size, status, status_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'held', ?)",
+                    (
+                        event_id,
+                        time.time(),
+                        mail_from,
+                        json.dumps(list(rcpts)),
+                        subject,
+                        score,
+                        reason,
+                        len(message),
+                        time.time(),
+                    ),
+                )
+        except StoreError:
+            path.unlink(missing_ok=True)  # not indexed means not held: leave no orphan
+            raise
 
     def list(self, status: str | None = "held", limit: int = 100) -> list[QuarantineEntry]:
         """Entries, newest first."""

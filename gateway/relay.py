@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -201,11 +202,16 @@ def write_durably(directory: Path, name: str, data: bytes) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{name}.tmp"
     final = directory / name
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.rename(final)
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.rename(final)
+    except OSError:
+        with contextlib.suppress(OSError):  # a half-written file keeps a full disk full
+            tmp.unlink()
+        raise
     fsync_directory(directory)
     return final
 
@@ -217,13 +223,18 @@ def maildir_deliver(root: Path, recipient: str, message: bytes) -> Path:
         (box / sub).mkdir(parents=True, exist_ok=True)
     unique = f"{time.time():.6f}.M{os.getpid()}P{os.urandom(6).hex()}.{socket.gethostname()}"
     tmp = box / "tmp" / unique
-    with tmp.open("wb") as handle:
-        handle.write(b"Delivered-To: " + recipient.encode("utf-8", "replace") + b"\n")
-        handle.write(message.replace(b"\r\n", b"\n"))
-        handle.flush()
-        os.fsync(handle.fileno())
     final = box / "new" / unique
-    tmp.rename(final)
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(b"Delivered-To: " + recipient.encode("utf-8", "replace") + b"\n")
+            handle.write(message.replace(b"\r\n", b"\n"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.rename(final)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     fsync_directory(box / "new")
     return final
 
@@ -254,11 +265,18 @@ class MaildirSession:
         return Reply(250, "2.1.5 OK")
 
     async def data(self, message: bytes) -> Reply:
+        delivered: list[Path] = []
         try:
             for recipient in self.recipients:
-                await asyncio.to_thread(maildir_deliver, self.root, recipient, message)
+                delivered.append(
+                    await asyncio.to_thread(maildir_deliver, self.root, recipient, message)
+                )
         except OSError as exc:
             log.error("maildir delivery under %s failed: %s", self.root, exc)
+            # All or nothing: the sender retries the whole message, so no copy may stay.
+            for path in delivered:
+                with contextlib.suppress(OSError):
+                    path.unlink()
             raise RelayError(f"maildir delivery failed: {exc.strerror}") from exc
         finally:
             self.recipients = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import random
@@ -49,6 +50,7 @@ class Gateway:
         self.committer = GroupCommitter(self.recorder)
         self.metrics = Metrics()
         self.metrics.versions(self.versions)
+        self.store_errors: dict[str, str] = {}  # what -> last failure, until a write succeeds
 
     def _versions(self, pipeline: Pipeline) -> dict[str, str]:
         """What decided: code, scores, rule set and model versions (recorded in each event)."""
@@ -82,9 +84,22 @@ class Gateway:
         try:
             await self.committer.submit(event, retained)
         except StoreError as exc:
-            log.error("event %s could not be stored: %s", event.id, exc)
+            # Nothing silent: the decision goes to the process log in full instead.
+            self.store_failed("events", exc)
+            log.error(
+                "event %s could not be stored (%s); the event: %s",
+                event.id,
+                exc,
+                json.dumps(event.to_dict(), ensure_ascii=True),
+            )
             return False
+        self.store_errors.pop("events", None)
         return True
+
+    def store_failed(self, what: str, error: Exception) -> None:
+        """Count a failed write ("events", "quarantine"); /readyz shows it until one succeeds."""
+        self.store_errors[what] = str(error)
+        self.metrics.store_failures.labels(what).inc()
 
     async def reload(self) -> bool:
         """Re-read the config file and rebuild the pipeline; keep the old one on any error."""
@@ -130,6 +145,8 @@ class Gateway:
                 problems["backend"] = f"{backend.host}:{backend.port}: {exc}"
         elif not os.access(backend.path if backend.path.exists() else backend.path.parent, os.W_OK):
             problems["backend"] = f"{backend.path} is not writable"
+        if self.store_errors:
+            problems["store"] = "; ".join(f"{k}: {v}" for k, v in sorted(self.store_errors.items()))
         if self.settings.rules.enabled and self.pipeline.rules is None:
             problems["rules"] = "not loaded"
         enabled = {c.name for c in self.pipeline.checks}

@@ -219,7 +219,9 @@ class ProxyHandler:
         except StoreError as exc:
             # Not stored means not acknowledged: the sender keeps the message and retries.
             log.error("%s: quarantine failed: %s", env.id, exc)
+            self.gateway.store_failed("quarantine", exc)
             return replies.S451_STORE_FAILED.format(id=env.id)
+        self.gateway.store_errors.pop("quarantine", None)
         return replies.S250_QUEUED.format(id=env.id)
 
     def _stamp(self, ctx: ScanContext, verdict: Verdict) -> bytes:

@@ -230,6 +230,22 @@ async def test_maildir_write_failure_gives_451(config_factory, tmp_path):
         assert event.smtp_reply.startswith("451 4.4.2")
 
 
+async def test_maildir_failure_for_one_recipient_leaves_no_copy(config_factory, tmp_path):
+    # The second mailbox cannot be made; the sender gets 451 and will retry the whole
+    # message, so the copy already written for the first must go (no duplicate later).
+    (tmp_path / "maildir").mkdir()
+    (tmp_path / "maildir" / "carol@example.test").write_text("a file, not a mailbox")
+    async with running_gateway(config_factory(None)) as gw:
+        with pytest.raises(aiosmtplib.SMTPDataError) as failed:
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, timeout=10) as client:
+                await client.sendmail(
+                    "a@sender.test", ["bob@example.test", "carol@example.test"], message()
+                )
+        assert failed.value.code == 451
+    assert list((tmp_path / "maildir" / "bob@example.test" / "new").iterdir()) == []
+    assert list((tmp_path / "maildir" / "bob@example.test" / "tmp").iterdir()) == []
+
+
 async def send_one(port):
     async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10) as client:
         await client.sendmail("a@sender.test", ["bob@example.test"], message())
