@@ -76,7 +76,7 @@ class ProxyHandler:
     async def handle_MAIL(
         self, server: MailmoatSMTP, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
-        if server.state.draining:
+        if server.state.draining or server.closing:
             return replies.S421_SHUTTING_DOWN
         if not valid_address(address):
             return replies.S553_BAD_ADDRESS
@@ -103,11 +103,14 @@ class ProxyHandler:
             )
         envelope.mail_from = address
         envelope.mail_options.extend(options)
+        server.rcpt_overflow = False
         return replies.S250_SENDER_OK
 
     async def handle_RCPT(
         self, server: MailmoatSMTP, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
+        if server.closing:  # cut off (max_errors, timeout): no backend step, no event
+            return replies.S421_TOO_MANY_ERRORS
         if not valid_address(address):
             return replies.S553_BAD_ADDRESS
 
@@ -117,6 +120,9 @@ class ProxyHandler:
             )
 
         if len(envelope.rcpt_tos) >= self.limits.max_recipients:
+            if server.rcpt_overflow:  # one event per transaction, not one per extra address
+                return replies.S452_TOO_MANY_RCPTS
+            server.rcpt_overflow = True
             return await refuse("rcpt_refused", replies.S452_TOO_MANY_RCPTS)
         if not accepted_domain(address, self.limits.accept_domains):
             return await refuse("rcpt_refused", replies.S550_RELAY_DENIED)
@@ -142,6 +148,8 @@ class ProxyHandler:
         return replies.S221_BYE
 
     async def handle_DATA(self, server: MailmoatSMTP, session: Any, envelope: Any) -> str:
+        if server.closing:  # nobody would hear our 250: do not deliver
+            return replies.S421_TOO_MANY_ERRORS
         # Our own work is bounded by check and backend timeouts, not by the client's timer.
         server.pause_timeout()
         event_id = server.next_event_id()

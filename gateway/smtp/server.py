@@ -60,6 +60,10 @@ class MailmoatSMTP(SMTP):
             require_starttls=config.require_tls,
             timeout=config.command_timeout,
             auth_exclude_mechanism=["LOGIN", "PLAIN"],
+            command_call_limit={
+                **dict.fromkeys(("NOOP", "VRFY", "EXPN", "HELP"), config.max_junk_commands),
+                "*": 2**31,  # the other commands are bounded by their own limits
+            },
         )
         self.state = state
         self.config = config
@@ -71,6 +75,8 @@ class MailmoatSMTP(SMTP):
         self.registered = False
         self.backend: BackendSession | None = None
         self.mail_pending = False
+        self.errors = 0  # error replies sent in this session (see max_errors)
+        self.rcpt_overflow = False  # a recipient over max_recipients was refused (and recorded)
 
     # --- identity and events ---
 
@@ -160,9 +166,14 @@ class MailmoatSMTP(SMTP):
             self.envelope is not None and self.envelope.mail_from is not None
         )
 
+    @property
+    def closing(self) -> bool:
+        """After a final reply: pipelined commands still buffered must do nothing."""
+        return self.transport is None or self.transport.is_closing()
+
     def goodbye(self, reply: str) -> None:
         """Send a final reply and close the connection."""
-        if self.transport is None or self.transport.is_closing():
+        if self.closing:
             return
         self._writer.write(reply.encode("ascii") + b"\r\n")
         self.transport.close()
@@ -186,6 +197,11 @@ class MailmoatSMTP(SMTP):
             # RFC 5321 3.8: after a 421 the server closes the channel.
             if self.transport is not None:
                 self.transport.close()
+        elif text.startswith(("4", "5")) and not text.startswith(replies.S452_TOO_MANY_RCPTS):
+            self.errors += 1
+            if self.errors >= self.config.max_errors:
+                log.warning("%s: %d errors, closing", self.conn_id, self.errors)
+                self.goodbye(replies.S421_TOO_MANY_ERRORS)
         elif self.state.draining and not self.in_transaction:
             self.goodbye(replies.S421_SHUTTING_DOWN)
 
