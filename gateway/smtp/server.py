@@ -173,7 +173,7 @@ class MailmoatSMTP(SMTP):
 
     def goodbye(self, reply: str) -> None:
         """Send a final reply and close the connection."""
-        if self.closing:
+        if self.transport is None or self.transport.is_closing():
             return
         self._writer.write(reply.encode("ascii") + b"\r\n")
         self.transport.close()
