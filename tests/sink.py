@@ -59,7 +59,11 @@ class Sink:
 
     def _protocol(self) -> SMTP:
         protocol = SMTP(
-            self.handler, hostname="sink.test", enable_SMTPUTF8=True, tls_context=self.tls_context
+            self.handler,
+            hostname="sink.test",
+            enable_SMTPUTF8=True,
+            tls_context=self.tls_context,
+            data_size_limit=128 * 1024 * 1024,  # a mail store takes what the gateway passes
         )
         self.protocols.append(protocol)
         return protocol
