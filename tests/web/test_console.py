@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -302,3 +303,18 @@ def test_overview_page(console, browser):
     headers = context.request.get(f"{base}/").headers
     assert "script-src 'none'" in headers["content-security-policy"]
     context.close()
+
+
+def test_secrets_never_reach_the_log(console, browser, caplog):
+    base, settings = console
+    caplog.set_level(logging.DEBUG)
+    context, page = login(browser, base, "adam")
+    page.goto(f"{base}/login")
+    page.fill("input[name=username]", "adam")
+    page.fill("input[name=password]", "a wrong secret 42")
+    page.click("button[type=submit]")
+    context.close()
+    assert caplog.records, "the login attempts should have been logged"
+    text = caplog.text
+    for secret in (PASSWORD, "a wrong secret 42", settings.web.secret_file.read_text().strip()):
+        assert secret not in text
