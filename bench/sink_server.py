@@ -1,27 +1,44 @@
-"""A counting SMTP sink in its own process, for throughput benchmarks (port from argv)."""
+"""A counting SMTP sink in its own process, for benchmarks: ``PORT [RECORD_FILE]``.
+
+With a record file, the value of each delivered message's ``X-Soak-Id`` header is appended
+to it (one line, written before the 250), so a soak run can count what reached the store.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import sys
 
 from aiosmtpd.smtp import SMTP
 
+_TOKEN = re.compile(rb"^X-Soak-Id: *(\S+)", re.MULTILINE | re.IGNORECASE)
+
 
 class CountingHandler:
-    def __init__(self) -> None:
+    def __init__(self, record_fd: int | None = None) -> None:
         self.count = 0
+        self.record_fd = record_fd
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         self.count += 1
+        if self.record_fd is not None:
+            head = envelope.content.split(b"\r\n\r\n", 1)[0]
+            found = _TOKEN.search(head)
+            os.write(self.record_fd, (found.group(1) if found else b"-") + b"\n")
         return "250 2.0.0 Ok"
 
 
-async def main(port: int) -> None:
-    handler = CountingHandler()
+async def main(port: int, record: str | None) -> None:
+    fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if record else None
+    handler = CountingHandler(fd)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, enable_SMTPUTF8=True), "127.0.0.1", port
+        lambda: SMTP(handler, enable_SMTPUTF8=True, data_size_limit=128 * 2**20),
+        "127.0.0.1",
+        port,
+        reuse_address=True,
     )
     print("ready", flush=True)
     async with server:
@@ -35,4 +52,4 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))

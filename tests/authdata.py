@@ -74,6 +74,12 @@ def make_zone(keys: Keys) -> Zone:
         add(f"l{n}.loop.test", "TXT", txt(f"v=spf1 include:l{n + 1}.loop.test -all"))
     add("loop.test", "TXT", txt("v=spf1 include:l0.loop.test -all"))
     add("list.test", "TXT", txt(f"v=spf1 ip4:{LIST_IP} -all"))
+    # Huge answers: 60 TXT records (15 KB, truncated over UDP, fetched again over TCP),
+    # and one SPF record of 8 KB.
+    add("huge.test", "TXT", txt(f"v=spf1 ip4:{SENDER_IP} -all"),
+        *(txt(f"verification-{n}=" + "z" * 240) for n in range(60)))  # fmt: skip
+    networks = " ".join(f"ip4:198.51.{n // 256}.{n % 256}" for n in range(400))
+    add("hugespf.test", "TXT", txt(f"v=spf1 {networks} ip4:{SENDER_IP} -all"))
     zone.drop.add("slow.test.")
     zone.servfail.add("servfail.test.")
     # DKIM keys

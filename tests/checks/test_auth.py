@@ -51,6 +51,10 @@ async def scan(
         ("a@broken.test", SENDER_IP, "SPF_PERMERROR"),
         ("a@servfail.test", SENDER_IP, "SPF_TEMPERROR"),
         ("a@slow.test", SENDER_IP, "SPF_TEMPERROR"),
+        ("a@huge.test", SENDER_IP, "SPF_PASS"),
+        ("a@huge.test", OTHER_IP, "SPF_FAIL"),
+        ("a@hugespf.test", SENDER_IP, "SPF_PASS"),
+        ("a@hugespf.test", OTHER_IP, "SPF_FAIL"),
     ],
 )
 async def test_spf(dns, mail_from, ip, symbol):

@@ -346,3 +346,38 @@ async def test_not_an_open_relay(sink, config_factory):
         [received] = await sink.wait_for(1)
         assert received.rcpts == ["bob@example.test", "ann@eu.corp.test"]
         assert len(gw.events(kind="rcpt_refused")) == 3
+
+
+async def test_backend_dropping_the_connection_in_the_middle_of_data(config_factory):
+    import asyncio
+
+    async def dropping_backend(reader, writer):
+        # A mail store that takes the dialogue, starts reading the message, then goes away.
+        writer.write(b"220 store ESMTP\r\n")
+        while line := await reader.readline():
+            if line.upper().startswith((b"EHLO", b"HELO")):
+                writer.write(b"250 store\r\n")
+            elif line.upper().startswith(b"DATA"):
+                writer.write(b"354 go ahead\r\n")
+                await writer.drain()
+                await reader.read(100)  # part of the message, then the connection drops
+                writer.transport.abort()
+                return
+            else:
+                writer.write(b"250 2.0.0 ok\r\n")
+            await writer.drain()
+
+    backend = await asyncio.start_server(dropping_backend, "127.0.0.1", 0)
+    port = backend.sockets[0].getsockname()[1]
+    try:
+        async with running_gateway(config_factory(port)) as gw:
+            with pytest.raises(aiosmtplib.SMTPDataError) as failed:
+                await send(gw.port, "a@sender.test", ["bob@example.test"], message())
+            assert failed.value.code == 451
+            assert "4.4.2" in failed.value.message
+            [event] = gw.events(kind="message")
+            assert event.smtp_reply.startswith("451 4.4.2")
+            assert event.backend_reply  # what happened to the backend is on record
+    finally:
+        backend.close()
+        await backend.wait_closed()
