@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -55,12 +56,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if workers == 1:
         _serve_one(settings, config_path, 0)
         return 0
+    from gateway.smtp.server import listening_socket
     from gateway.smtp.workers import run_workers
 
-    return run_workers(workers, lambda worker: _serve_one(settings, config_path, worker), settings)
+    try:
+        sock = listening_socket(settings.server)
+    except OSError as exc:
+        raise ConfigError(
+            f"server.listen: cannot listen on {settings.server.listen}: {exc}"
+        ) from exc
+    return run_workers(
+        workers, lambda worker: _serve_one(settings, config_path, worker, sock), settings, sock
+    )
 
 
-def _serve_one(settings: Settings, config_path: Path | None, worker: int) -> None:
+def _serve_one(
+    settings: Settings, config_path: Path | None, worker: int, sock: socket.socket | None = None
+) -> None:
     from gateway.service import Gateway
     from gateway.smtp.server import serve
 
@@ -72,7 +84,7 @@ def _serve_one(settings: Settings, config_path: Path | None, worker: int) -> Non
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        runner.run(serve(gateway, worker=worker))
+        runner.run(serve(gateway, worker=worker, sock=sock))
 
 
 # --- scan -----------------------------------------------------------------------------

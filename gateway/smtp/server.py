@@ -7,6 +7,7 @@ import collections
 import logging
 import os
 import signal
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -248,18 +249,16 @@ class SmtpServer:
             self.tls_context,
         )
 
-    async def start(self) -> tuple[str, int]:
-        """Bind and listen; return the bound address (port 0 picks a free one)."""
+    async def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Listen (on ``sock`` when the workers share one); return the bound address."""
         host, port = self.gateway.settings.server.listen_address
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            self._protocol,
-            host=None if host == "*" else host,
-            port=port,
-            reuse_address=True,
-            # Several worker processes bind the same port; the kernel spreads connections.
-            reuse_port=self.gateway.settings.server.worker_count > 1,
-        )
+        if sock is not None:
+            self.server = await loop.create_server(self._protocol, sock=sock)
+        else:
+            self.server = await loop.create_server(
+                self._protocol, host=None if host == "*" else host, port=port, reuse_address=True
+            )
         sockname = self.server.sockets[0].getsockname()
         log.info("listening on %s:%s", sockname[0], sockname[1])
         return str(sockname[0]), int(sockname[1])
@@ -287,6 +286,25 @@ class SmtpServer:
             await self.server.wait_closed()
 
 
+def listening_socket(config: ServerConfig) -> socket.socket:
+    """One listening socket for all workers, bound before they are forked.
+
+    Every worker waits in accept on it and the kernel hands a connection to one that is
+    waiting, so an idle worker takes the next client; SO_REUSEPORT would hash connections
+    to workers instead and can pile them on a busy one (a longer tail of latencies).
+    """
+    host, port = config.listen_address
+    if host == "*":
+        dual = socket.has_dualstack_ipv6()
+        family = socket.AF_INET6 if dual else socket.AF_INET
+        sock = socket.create_server(("", port), family=family, dualstack_ipv6=dual, backlog=1024)
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=1024)
+    sock.setblocking(False)
+    return sock
+
+
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     if config.tls_cert is None or config.tls_key is None:
         return None
@@ -295,10 +313,15 @@ def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(gateway: Gateway, ready: asyncio.Event | None = None, worker: int = 0) -> None:
+async def serve(
+    gateway: Gateway,
+    ready: asyncio.Event | None = None,
+    worker: int = 0,
+    sock: socket.socket | None = None,
+) -> None:
     """Run until SIGTERM or SIGINT (drain, then stop); SIGHUP reloads the pipeline."""
     server = SmtpServer(gateway)
-    await server.start()
+    await server.start(sock)
     gateway.metrics.sessions.set_function(lambda: len(server.state.protocols))
     metrics_server = None
     # With several workers the first serves the metrics port (its own counters).

@@ -1,6 +1,8 @@
-"""Several worker processes sharing the listening port (SO_REUSEPORT), one parent minding them.
+"""Several worker processes sharing one listening socket, one parent minding them.
 
-The parent forks the workers before any of them opens the store or a socket, forwards
+The parent binds the socket, forks the workers before any of them opens the store, closes
+its own copy of the socket (so that when the workers stop listening, connections are
+refused rather than left waiting in a backlog nobody reads), forwards
 SIGTERM, SIGINT and SIGHUP to every worker, writes the pid file, and exits when all have
 drained. A worker that dies unexpectedly is logged; the others keep serving.
 """
@@ -11,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
@@ -19,7 +22,9 @@ from gateway.config import Settings
 log = logging.getLogger(__name__)
 
 
-def run_workers(count: int, work: Callable[[int], None], settings: Settings) -> int:
+def run_workers(
+    count: int, work: Callable[[int], None], settings: Settings, listener: socket.socket
+) -> int:
     """Fork ``count`` workers running ``work(index)``; return when they have all exited."""
     children: dict[int, int] = {}
     for index in range(count):
@@ -38,6 +43,7 @@ def run_workers(count: int, work: Callable[[int], None], settings: Settings) -> 
                 sys.stderr.flush()
             os._exit(status)
         children[pid] = index
+    listener.close()  # the workers hold it now
     log.info("started %d workers: %s", count, sorted(children))
     pid_file = settings.server.pid_file
     if pid_file is not None:

@@ -312,6 +312,8 @@ async def test_two_workers_share_the_port_and_stop_together(sink, config_factory
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
         assert not pid_file.exists()
+        with pytest.raises(ConnectionRefusedError):  # nobody holds the shared socket
+            await asyncio.open_connection("127.0.0.1", port)
     finally:
         if proc.returncode is None:
             proc.kill()
