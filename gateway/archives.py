@@ -41,9 +41,16 @@ class ArchiveReport:
     unreadable: list[str] = field(default_factory=list)
 
 
+# The end-of-central-directory record sits in the last 22 bytes plus a comment of <= 64 KiB.
+_EOCD_WINDOW = 22 + 65535
+
+
 def is_zip(data: bytes) -> bool:
-    """A local file header or an empty archive's end record at the start."""
-    return data[:4] in (b"PK\x03\x04", b"PK\x05\x06")
+    """A zip at the start, or one appended to something else (a PDF/ZIP polyglot, a
+    self-extractor): readers find a zip by its end record, so the inspection must too."""
+    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return True
+    return b"PK\x05\x06" in data[-_EOCD_WINDOW:] and zipfile.is_zipfile(io.BytesIO(data))
 
 
 def inspect_zip(data: bytes, name: str, limits: ArchiveLimits) -> ArchiveReport:

@@ -68,6 +68,14 @@ async def test_double_extension_and_name_spoof():
     assert "ATTACHMENT_NAME_SPOOF" in found
 
 
+async def test_pdf_zip_polyglot_is_opened_as_the_zip_it_also_is():
+    # A valid PDF start with a zip appended: PDF readers and unzip both open it.
+    polyglot = b"%PDF-1.7\n1 0 obj <<>> endobj\n%%EOF\n" + zip_bytes({"tool.exe": PE})
+    found = await symbols(with_attachments(("report.pdf", polyglot, "application/pdf")))
+    assert files(found, "ATTACHMENT_EXECUTABLE") == ["report.pdf/tool.exe"]
+    assert found["ARCHIVE_MEMBERS"]["files"][0]["members"] == ["report.pdf/tool.exe"]
+
+
 async def test_zip_members_are_listed_and_inspected():
     archive = zip_bytes({"docs/readme.txt": b"hello", "docs/tool.exe": PE})
     found = await symbols(with_attachments(("docs.zip", archive, "application/zip")))
