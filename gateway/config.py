@@ -73,7 +73,7 @@ class ServerConfig(FrozenModel):
 
     listen: str = "127.0.0.1:10025"
     hostname: str = ""
-    # Worker processes sharing the listening port (SO_REUSEPORT); 0: one per CPU core.
+    # Worker processes accepting on one shared listening socket; 0: one per CPU core.
     workers: Annotated[int, Field(ge=0, le=64)] = 0
     max_message_size: PositiveInt = 25 * 1024 * 1024
     max_connections: PositiveInt = 200

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,6 +28,9 @@ from gateway.config import DnsConfig, parse_hostport
 from gateway.errors import TemporaryCheckError
 
 T = TypeVar("T")
+# How long "no such name" and "no such record" are remembered (RFC 2308 lets the zone's SOA
+# minimum decide; a short fixed cap never keeps a new record unseen for long).
+NEGATIVE_TTL = 30.0
 
 
 class DnsTempError(TemporaryCheckError):
@@ -42,7 +48,7 @@ class DnsAnswer:
 
 
 class DnsClient:
-    """An async resolver bound to the configured nameservers, with dnspython's LRU cache."""
+    """An async resolver bound to the configured nameservers, with a bounded TTL cache."""
 
     def __init__(self, config: DnsConfig) -> None:
         self.config = config
@@ -54,17 +60,47 @@ class DnsClient:
             ]
         resolver.timeout = config.timeout
         resolver.lifetime = config.timeout
-        resolver.cache = dns.resolver.LRUCache(config.cache_size)
         self.resolver = resolver
+        # The one cache: answers by (name, type) until their TTL runs out, bounded by
+        # cache_size (least recently used out first). It is read without the loop, so a
+        # worker thread (pyspf, dkimpy) gets a cached answer without a hand-off, and
+        # without dnspython's per-query setup (name parsing, a resolution object).
+        self._answers: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached(self, name: str, rdtype: str) -> DnsAnswer | None:
+        """The answer still within its TTL, if any (safe from any thread)."""
+        key = (name.lower().rstrip("."), rdtype)
+        with self._lock:
+            entry = self._answers.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                del self._answers[key]
+                return None
+            self._answers.move_to_end(key)
+            return entry[1]
+
+    def _remember(self, answer: DnsAnswer, ttl: float) -> DnsAnswer:
+        key = (answer.name.lower().rstrip("."), answer.rdtype)
+        with self._lock:
+            self._answers[key] = (time.monotonic() + ttl, answer)
+            self._answers.move_to_end(key)
+            while len(self._answers) > self.config.cache_size:
+                self._answers.popitem(last=False)
+        return answer
 
     async def query(self, name: str, rdtype: str) -> DnsAnswer:
         """Resolve; NXDOMAIN and NODATA are empty answers, failures raise DnsTempError."""
+        hit = self.cached(name, rdtype)
+        if hit is not None:
+            return hit
         try:
             answer = await self.resolver.resolve(name, rdtype, search=False)
         except dns.resolver.NXDOMAIN:
-            return DnsAnswer(name, rdtype, (), nxdomain=True)
+            return self._remember(DnsAnswer(name, rdtype, (), nxdomain=True), NEGATIVE_TTL)
         except dns.resolver.NoAnswer:
-            return DnsAnswer(name, rdtype, ())
+            return self._remember(DnsAnswer(name, rdtype, ()), NEGATIVE_TTL)
         except dns.exception.Timeout as exc:
             raise DnsTempError(f"DNS timeout for {name}/{rdtype}") from exc
         except dns.resolver.NoNameservers as exc:
@@ -73,7 +109,8 @@ class DnsClient:
             # Malformed names and answers are permanent for this name, but we cannot tell a
             # broken record from a broken network here: err on the side of a retry.
             raise DnsTempError(f"DNS error for {name}/{rdtype}: {exc}") from exc
-        return DnsAnswer(name, rdtype, tuple(answer))
+        ttl = max(0.0, answer.expiration - time.time())
+        return self._remember(DnsAnswer(name, rdtype, tuple(answer)), ttl)
 
     async def txt(self, name: str) -> list[bytes]:
         """Each TXT record at ``name`` with its strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2)."""
@@ -97,9 +134,12 @@ class DnsBridge:
             raise DnsTempError("DNS bridge timeout") from exc
 
     def query(self, name: str, rdtype: str) -> DnsAnswer:
-        """Blocking form of DnsClient.query."""
+        """Blocking form of DnsClient.query (a cached answer without a trip to the loop)."""
+        hit = self.client.cached(name, rdtype)
+        if hit is not None:
+            return hit
         return self._wait(self.client.query(name, rdtype))
 
     def txt(self, name: str) -> list[bytes]:
         """Blocking form of DnsClient.txt."""
-        return self._wait(self.client.txt(name))
+        return [b"".join(record.strings) for record in self.query(name, "TXT").records]

@@ -294,3 +294,28 @@ async def test_dns_goes_to_the_configured_server(dns, keys):
     assert dns.queries[("sender.test.", "TXT")] >= 1  # pyspf, through our resolver
     assert dns.queries[("sel._domainkey.sender.test.", "TXT")] == 1  # dkimpy's key
     assert dns.queries[("_dmarc.sender.test.", "TXT")] == 1  # fetched once, then cached
+
+
+async def test_dns_answers_are_cached_for_their_ttl_and_served_to_threads_directly(dns):
+    import asyncio
+
+    from gateway.clients.dns import DnsBridge
+
+    client = DnsClient(DnsConfig(nameservers=[dns.address], timeout=1.0))
+    first = await client.query("sender.test", "TXT")
+    again = await client.query("Sender.Test.", "TXT")  # names compare case-insensitively
+    assert again is first
+    assert dns.queries[("sender.test.", "TXT")] == 1
+    missing = await client.query("nosuchname.test", "TXT")
+    assert missing.nxdomain
+    await client.query("nosuchname.test", "TXT")
+    assert dns.queries[("nosuchname.test.", "TXT")] == 1  # negative answers too
+    # A cached answer reaches a worker thread without a trip to the event loop: asked from
+    # the loop's own thread (which cannot serve a hand-off now), it still answers at once.
+    bridge = DnsBridge(client, asyncio.get_running_loop())
+    assert bridge.txt("sender.test") == await client.txt("sender.test")
+    # Past its TTL an answer is asked for again.
+    client._remember(first, ttl=0)
+    assert client.cached("sender.test", "TXT") is None
+    await client.query("sender.test", "TXT")
+    assert dns.queries[("sender.test.", "TXT")] == 2
