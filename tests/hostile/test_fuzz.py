@@ -2,14 +2,15 @@
 
 Whatever bytes arrive, parsing, feature extraction, every check that needs no service and
 the rule engine must return, bounded in time, without an exception. Cases found by the
-fuzzer are kept below as regression examples.
+fuzzer are kept as files in tests/data/fuzz/ and run every time.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import HealthCheck, example, given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.context import Envelope, ScanContext
@@ -52,25 +53,18 @@ def messages(draw: st.DrawFn) -> bytes:
     return head + b"\r\n" + draw(bodies)
 
 
-FOUND = [
-    b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n--\r\n",
-    b"Subject: =?utf-8?b?////?=\r\n\r\n",
-    b"Content-Type: text/plain; charset=utf-99\r\n\r\n\xff\xfe",
-    b"\r\n\r\n\r\n",
-    b"From: \x00\r\n\r\nx",
-    b"X-Mailer: \x0c\r\n\r\n",  # blank mailer: extract() raised IndexError
-]
+FOUND = Path(__file__).resolve().parents[1] / "data" / "fuzz"
+FOUND_FILES = sorted(FOUND.glob("*.eml"))
+FOUND_CASES = {path.name: path.read_bytes() for path in FOUND_FILES}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages())
-@example(FOUND[0])
-@example(FOUND[1])
-@example(FOUND[2])
-@example(FOUND[3])
-@example(FOUND[4])
-@example(FOUND[5])
 def test_parser_features_and_rules_never_raise(raw: bytes) -> None:
+    parse_extract_and_evaluate(raw)
+
+
+def parse_extract_and_evaluate(raw: bytes) -> None:
     message = ParsedMessage.parse(raw)
     features = extract(message)
     assert isinstance(features.text, str)
@@ -86,3 +80,15 @@ async def test_local_checks_give_a_verdict(raw: bytes) -> None:
     verdict = await scan_bytes(raw)
     assert verdict.action is not None
     assert not any(s.name.endswith("_ERROR") for s in verdict.symbols)  # no check crashed
+
+
+@pytest.mark.parametrize("name", sorted(FOUND_CASES))
+async def test_found_cases_stay_fixed(name: str) -> None:
+    raw = FOUND_CASES[name]
+    parse_extract_and_evaluate(raw)
+    verdict = await scan_bytes(raw)
+    assert not any(s.name.endswith("_ERROR") for s in verdict.symbols)
+
+
+def test_found_cases_are_there() -> None:
+    assert len(FOUND_CASES) >= 6
