@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -86,7 +87,8 @@ class Quarantine:
                     ),
                 )
         except StoreError:
-            path.unlink(missing_ok=True)  # not indexed means not held: leave no orphan
+            with contextlib.suppress(OSError):  # not indexed means not held: leave no orphan
+                path.unlink()
             raise
 
     def list(self, status: str | None = "held", limit: int = 100) -> list[QuarantineEntry]:

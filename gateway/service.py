@@ -93,8 +93,12 @@ class Gateway:
                 json.dumps(event.to_dict(), ensure_ascii=True),
             )
             return False
-        self.store_errors.pop("events", None)
+        self.store_ok("events")
         return True
+
+    def store_ok(self, what: str) -> None:
+        """A write of ``what`` succeeded: /readyz stops reporting its last failure."""
+        self.store_errors.pop(what, None)
 
     def store_failed(self, what: str, error: Exception) -> None:
         """Count a failed write ("events", "quarantine"); /readyz shows it until one succeeds."""

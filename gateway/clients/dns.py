@@ -47,6 +47,11 @@ class DnsAnswer:
     nxdomain: bool = False
 
 
+def txt_values(answer: DnsAnswer) -> list[bytes]:
+    """Each TXT record with its strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2)."""
+    return [b"".join(record.strings) for record in answer.records]
+
+
 class DnsClient:
     """An async resolver bound to the configured nameservers, with a bounded TTL cache."""
 
@@ -113,9 +118,8 @@ class DnsClient:
         return self._remember(DnsAnswer(name, rdtype, tuple(answer)), ttl)
 
     async def txt(self, name: str) -> list[bytes]:
-        """Each TXT record at ``name`` with its strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2)."""
-        answer = await self.query(name, "TXT")
-        return [b"".join(record.strings) for record in answer.records]
+        """Each TXT record at ``name`` with its strings joined."""
+        return txt_values(await self.query(name, "TXT"))
 
 
 class DnsBridge:
@@ -142,4 +146,4 @@ class DnsBridge:
 
     def txt(self, name: str) -> list[bytes]:
         """Blocking form of DnsClient.txt."""
-        return [b"".join(record.strings) for record in self.query(name, "TXT").records]
+        return txt_values(self.query(name, "TXT"))

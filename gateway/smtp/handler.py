@@ -76,7 +76,9 @@ class ProxyHandler:
     async def handle_MAIL(
         self, server: MailmoatSMTP, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
-        if server.state.draining or server.closing:
+        if server.closing:  # cut off (max_errors, timeout): no backend step, no event
+            return replies.S421_CLOSING
+        if server.state.draining:
             return replies.S421_SHUTTING_DOWN
         if not valid_address(address):
             return replies.S553_BAD_ADDRESS
@@ -109,8 +111,8 @@ class ProxyHandler:
     async def handle_RCPT(
         self, server: MailmoatSMTP, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
-        if server.closing:  # cut off (max_errors, timeout): no backend step, no event
-            return replies.S421_TOO_MANY_ERRORS
+        if server.closing:
+            return replies.S421_CLOSING
         if not valid_address(address):
             return replies.S553_BAD_ADDRESS
 
@@ -149,7 +151,7 @@ class ProxyHandler:
 
     async def handle_DATA(self, server: MailmoatSMTP, session: Any, envelope: Any) -> str:
         if server.closing:  # nobody would hear our 250: do not deliver
-            return replies.S421_TOO_MANY_ERRORS
+            return replies.S421_CLOSING
         # Our own work is bounded by check and backend timeouts, not by the client's timer.
         server.pause_timeout()
         event_id = server.next_event_id()
@@ -229,7 +231,7 @@ class ProxyHandler:
             log.error("%s: quarantine failed: %s", env.id, exc)
             self.gateway.store_failed("quarantine", exc)
             return replies.S451_STORE_FAILED.format(id=env.id)
-        self.gateway.store_errors.pop("quarantine", None)
+        self.gateway.store_ok("quarantine")
         return replies.S250_QUEUED.format(id=env.id)
 
     def _stamp(self, ctx: ScanContext, verdict: Verdict) -> bytes:

@@ -14,6 +14,7 @@ S250_QUEUED = "250 2.0.0 OK: queued as {id}"
 S421_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 S421_TOO_MANY_FROM_IP = "421 4.7.0 Too many connections from your address, try again later"
 S421_TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
+S421_CLOSING = "421 4.7.0 Closing connection"  # for commands read after a final reply
 S421_SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 S451_INTERNAL = "451 4.3.0 Internal error, try again later"
 S451_BACKEND_DOWN = "451 4.4.1 Mail store unavailable, try again later"
