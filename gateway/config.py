@@ -84,8 +84,9 @@ class ServerConfig(FrozenModel):
     # Empty: every domain the backend accepts.
     accept_domains: list[str] = Field(default_factory=list)
     max_line_length: Annotated[int, Field(ge=1000)] = 4096
-    # Error replies (4xx/5xx, but not 452 for recipients over the limit) after which the
-    # session is closed with 421: dictionary attacks and probing stop here (Postfix: 20).
+    # Error replies (4xx/5xx, but not 452 for recipients over the limit) without a message
+    # taken in between, after which the session is closed with 421: dictionary attacks and
+    # probing stop here (Postfix's smtpd_hard_error_limit: 20).
     max_errors: PositiveInt = 20
     # NOOP, VRFY, EXPN and HELP per session: a client cannot hold a slot open with them.
     max_junk_commands: PositiveInt = 100

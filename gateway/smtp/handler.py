@@ -207,6 +207,8 @@ class ProxyHandler:
                 answer = replies.S451_TEMPFAIL.format(id=env.id)
             else:  # DISCARD: an explicit policy decision to drop; the event records it.
                 answer = replies.S250_QUEUED.format(id=env.id)
+        if answer.startswith("250"):
+            server.errors = 0  # max_errors counts errors without a message taken (as Postfix)
         gateway.metrics.observe(result)
         event = self._event(ctx, result, action.value, answer, backend_reply, verdict.reason)
         await gateway.record(event, gateway.retention(ctx, action))

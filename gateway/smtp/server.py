@@ -76,7 +76,7 @@ class MailmoatSMTP(SMTP):
         self.registered = False
         self.backend: BackendSession | None = None
         self.mail_pending = False
-        self.errors = 0  # error replies sent in this session (see max_errors)
+        self.errors = 0  # error replies since the last message taken (see max_errors)
         self.rcpt_overflow = False  # a recipient over max_recipients was refused (and recorded)
 
     # --- identity and events ---

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import aiosmtplib
+import pytest
 
 from tests.conftest import message, running_gateway
 
@@ -109,3 +110,19 @@ async def test_probing_is_cut_off_after_max_errors(sink, config_factory):
         assert len(gw.events(kind="rcpt_refused")) == 5
         # The next session starts with a clean slate.
         assert await deliver(gw.port, "after") == 250
+
+
+async def test_errors_between_delivered_messages_do_not_add_up(sink, config_factory):
+    # A long session of a real mailer with a refusal now and then is not probing.
+    config = config_factory(sink.port, server={"accept_domains": ["example.test"], "max_errors": 3})
+    async with running_gateway(config) as gw:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, timeout=10) as client:
+            for n in range(5):
+                await client.mail("a@sender.test")
+                for outsider in ("x@elsewhere.test", "y@elsewhere.test"):
+                    with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+                        await client.rcpt(outsider)
+                    assert refused.value.code == 550
+                await client.rcpt("bob@example.test")
+                assert (await client.data(message(subject=f"m{n}"))).code == 250
+        assert len(sink.messages) == 5
