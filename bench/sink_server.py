@@ -39,6 +39,7 @@ async def main(port: int, record: str | None) -> None:
         "127.0.0.1",
         port,
         reuse_address=True,
+        backlog=1024,  # the gateway's sessions reconnect at once after a restart
     )
     print("ready", flush=True)
     async with server:

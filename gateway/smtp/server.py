@@ -24,6 +24,9 @@ from gateway.smtp import replies
 from gateway.smtp.handler import ProxyHandler
 
 log = logging.getLogger(__name__)
+# Connections the kernel queues before a worker accepts them (asyncio's default is 100): a
+# burst of reconnecting senders overflowed it, and dropped SYNs cost clients seconds.
+LISTEN_BACKLOG = 1024
 
 
 @dataclass
@@ -254,10 +257,17 @@ class SmtpServer:
         host, port = self.gateway.settings.server.listen_address
         loop = asyncio.get_running_loop()
         if sock is not None:
-            self.server = await loop.create_server(self._protocol, sock=sock)
+            # asyncio calls listen() again on a given socket: the backlog must be passed here too.
+            self.server = await loop.create_server(
+                self._protocol, sock=sock, backlog=LISTEN_BACKLOG
+            )
         else:
             self.server = await loop.create_server(
-                self._protocol, host=None if host == "*" else host, port=port, reuse_address=True
+                self._protocol,
+                host=None if host == "*" else host,
+                port=port,
+                reuse_address=True,
+                backlog=LISTEN_BACKLOG,
             )
         sockname = self.server.sockets[0].getsockname()
         log.info("listening on %s:%s", sockname[0], sockname[1])
@@ -297,10 +307,12 @@ def listening_socket(config: ServerConfig) -> socket.socket:
     if host == "*":
         dual = socket.has_dualstack_ipv6()
         family = socket.AF_INET6 if dual else socket.AF_INET
-        sock = socket.create_server(("", port), family=family, dualstack_ipv6=dual, backlog=1024)
+        sock = socket.create_server(
+            ("", port), family=family, dualstack_ipv6=dual, backlog=LISTEN_BACKLOG
+        )
     else:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=1024)
+        sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
