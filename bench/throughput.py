@@ -145,10 +145,13 @@ class Gateway:
 
     def __init__(self, config: Path, port: int) -> None:
         self.port = port
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level", "WARNING"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        # Warnings and errors (a worker that died, say) are kept beside the config.
+        self.log = config.with_suffix(".log")
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level", "WARNING"],
+                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
         deadline = time.monotonic() + 60
         import socket
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import aiosmtplib
 
+from gateway.config import load_settings
+from gateway.events import EventFilter, SqliteStore
 from tests.conftest import free_port
 from tests.smtp.test_lifecycle import ROOT, wait_for_port
 
@@ -84,9 +86,6 @@ async def test_fifty_megabyte_message_gets_a_verdict_in_bounded_time_and_memory(
     # the parsed and decoded parts, the stamped and the dot-stuffed copies), not one per
     # check or per part, and nothing quadratic.
     assert peak_mib - idle_mib < 12 * len(data) / 2**20
-
-    from gateway.config import load_settings
-    from gateway.events import EventFilter, SqliteStore
 
     store = SqliteStore(load_settings(config).store.database)
     try:

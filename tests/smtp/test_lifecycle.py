@@ -318,3 +318,37 @@ async def test_two_workers_share_the_port_and_stop_together(sink, config_factory
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_worker_that_dies_is_started_again(sink, config_factory, tmp_path):
+    port = free_port()
+    config = config_factory(
+        sink.port,
+        server={"listen": f"127.0.0.1:{port}", "workers": 2, "pid_file": str(tmp_path / "p")},
+    )
+    proc = await start_process(config)
+    try:
+        await wait_for_port(port)
+        first = [int(p.name) for p in await asyncio.to_thread(_children, proc.pid)]
+        assert len(first) == 2
+        os.kill(first[0], signal.SIGKILL)  # a crash of one worker
+        async with asyncio.timeout(30):
+            while True:
+                now = [int(p.name) for p in await asyncio.to_thread(_children, proc.pid)]
+                if len(now) == 2 and first[0] not in now:
+                    break
+                await asyncio.sleep(0.2)
+        await wait_for_port(port)
+        for n in range(10):
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30) as client:
+                await client.sendmail(
+                    "a@sender.test", ["bob@example.test"], message(subject=f"{n}")
+                )
+        await sink.wait_for(10)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0  # restarted, so not a failure
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"starting it again" in await proc.stderr.read()
