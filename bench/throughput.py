@@ -145,11 +145,11 @@ class Gateway:
 
     def __init__(self, config: Path, port: int) -> None:
         self.port = port
-        # Warnings and errors (a worker that died, say) are kept beside the config.
+        # Errors (a worker that died, say) are kept beside the config; not the events.
         self.log = config.with_suffix(".log")
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level", "WARNING"],
+                [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level", "ERROR"],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
         deadline = time.monotonic() + 60
