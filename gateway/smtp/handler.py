@@ -76,8 +76,6 @@ class ProxyHandler:
     async def handle_MAIL(
         self, server: MailmoatSMTP, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
-        if server.closing:  # cut off (max_errors, timeout): no backend step, no event
-            return replies.S421_CLOSING
         if server.state.draining:
             return replies.S421_SHUTTING_DOWN
         if not valid_address(address):
@@ -111,8 +109,6 @@ class ProxyHandler:
     async def handle_RCPT(
         self, server: MailmoatSMTP, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
-        if server.closing:
-            return replies.S421_CLOSING
         if not valid_address(address):
             return replies.S553_BAD_ADDRESS
 
@@ -150,8 +146,6 @@ class ProxyHandler:
         return replies.S221_BYE
 
     async def handle_DATA(self, server: MailmoatSMTP, session: Any, envelope: Any) -> str:
-        if server.closing:  # nobody would hear our 250: do not deliver
-            return replies.S421_CLOSING
         # Our own work is bounded by check and backend timeouts, not by the client's timer.
         server.pause_timeout()
         event_id = server.next_event_id()

@@ -170,10 +170,15 @@ class MailmoatSMTP(SMTP):
             self.envelope is not None and self.envelope.mail_from is not None
         )
 
-    @property
-    def closing(self) -> bool:
-        """After a final reply: pipelined commands still buffered must do nothing."""
-        return self.transport is None or self.transport.is_closing()
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        # After a final reply (421: errors, timeout) aiosmtpd still parses the commands the
+        # client had pipelined. They must do nothing: no backend step, no event, and no
+        # delivery whose 250 nobody would hear.
+        if command in ("MAIL", "RCPT", "DATA") and (
+            self.transport is None or self.transport.is_closing()
+        ):
+            return replies.S421_CLOSING
+        return await super()._call_handler_hook(command, *args)
 
     def goodbye(self, reply: str) -> None:
         """Send a final reply and close the connection."""
