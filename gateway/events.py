@@ -64,6 +64,10 @@ class SecurityEvent:
         data["symbols"] = [dict(s) for s in self.symbols]
         return {"schema": SCHEMA_VERSION, **data}
 
+    def to_json(self) -> str:
+        """One compact line: the events log, JSON lines files."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SecurityEvent:
         """Inverse of to_dict (unknown keys are ignored, for forward compatibility)."""
@@ -544,7 +548,7 @@ class JsonLinesSink:
 
     def write(self, event: SecurityEvent) -> None:
         """Append one line."""
-        line = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        line = event.to_json()
         try:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(line + "\n")
@@ -568,8 +572,7 @@ class EventRecorder:
         try:
             for event, _ in items:
                 if event_log.isEnabledFor(logging.INFO):
-                    line = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
-                    event_log.info(line)
+                    event_log.info(event.to_json())
                 if self.jsonl is not None:
                     self.jsonl.write(event)
         finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import random
@@ -15,7 +14,14 @@ from gateway.clients.clamd import ClamdClient, ClamdError
 from gateway.config import Settings, load_settings
 from gateway.context import ScanContext, new_connection_id
 from gateway.errors import ConfigError, StoreError, UnknownIdError
-from gateway.events import EventRecorder, JsonLinesSink, Retained, SecurityEvent, SqliteStore
+from gateway.events import (
+    EventRecorder,
+    JsonLinesSink,
+    Retained,
+    SecurityEvent,
+    SqliteStore,
+    event_log,
+)
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.quarantine import Quarantine
@@ -84,14 +90,20 @@ class Gateway:
         try:
             await self.committer.submit(event, retained)
         except StoreError as exc:
-            # Nothing silent: the decision goes to the process log in full instead.
+            # Nothing silent: the decision is in the process log in full. The recorder has
+            # already written it to the events log if that is on; if not, it goes here.
             self.store_failed("events", exc)
-            log.error(
-                "event %s could not be stored (%s); the event: %s",
-                event.id,
-                exc,
-                json.dumps(event.to_dict(), ensure_ascii=True),
-            )
+            if event_log.isEnabledFor(logging.INFO):
+                log.error(
+                    "event %s could not be stored (%s); it is in the events log", event.id, exc
+                )
+            else:
+                log.error(
+                    "event %s could not be stored (%s); the event: %s",
+                    event.id,
+                    exc,
+                    event.to_json(),
+                )
             return False
         self.store_ok("events")
         return True
