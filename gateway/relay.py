@@ -197,23 +197,30 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def write_durably(directory: Path, name: str, data: bytes) -> Path:
-    """Write via a temporary file, fsync it, rename into place, fsync the directory."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{name}.tmp"
-    final = directory / name
+def _publish(tmp: Path, final: Path, *chunks: bytes) -> Path:
+    """Write ``chunks`` to ``tmp``, fsync, rename to ``final``, fsync ``final``'s directory.
+
+    On any failure the temporary file is removed: a half-written file keeps a full disk full.
+    """
     try:
         with tmp.open("wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         tmp.rename(final)
     except OSError:
-        with contextlib.suppress(OSError):  # a half-written file keeps a full disk full
+        with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    fsync_directory(directory)
+    fsync_directory(final.parent)
     return final
+
+
+def write_durably(directory: Path, name: str, data: bytes) -> Path:
+    """Write via a temporary file, fsync it, rename into place, fsync the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return _publish(directory / f".{name}.tmp", directory / name, data)
 
 
 def maildir_deliver(root: Path, recipient: str, message: bytes) -> Path:
@@ -222,21 +229,12 @@ def maildir_deliver(root: Path, recipient: str, message: bytes) -> Path:
     for sub in ("tmp", "new", "cur"):
         (box / sub).mkdir(parents=True, exist_ok=True)
     unique = f"{time.time():.6f}.M{os.getpid()}P{os.urandom(6).hex()}.{socket.gethostname()}"
-    tmp = box / "tmp" / unique
-    final = box / "new" / unique
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(b"Delivered-To: " + recipient.encode("utf-8", "replace") + b"\n")
-            handle.write(message.replace(b"\r\n", b"\n"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.rename(final)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_directory(box / "new")
-    return final
+    return _publish(
+        box / "tmp" / unique,
+        box / "new" / unique,
+        b"Delivered-To: " + recipient.encode("utf-8", "replace") + b"\n",
+        message.replace(b"\r\n", b"\n"),
+    )
 
 
 class MaildirBackend:

@@ -73,9 +73,13 @@ class DnsClient:
         self._answers: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _key(name: str, rdtype: str) -> tuple[str, str]:
+        return name.lower().rstrip("."), rdtype
+
     def cached(self, name: str, rdtype: str) -> DnsAnswer | None:
         """The answer still within its TTL, if any (safe from any thread)."""
-        key = (name.lower().rstrip("."), rdtype)
+        key = self._key(name, rdtype)
         with self._lock:
             entry = self._answers.get(key)
             if entry is None:
@@ -87,7 +91,7 @@ class DnsClient:
             return entry[1]
 
     def _remember(self, answer: DnsAnswer, ttl: float) -> DnsAnswer:
-        key = (answer.name.lower().rstrip("."), answer.rdtype)
+        key = self._key(answer.name, answer.rdtype)
         with self._lock:
             self._answers[key] = (time.monotonic() + ttl, answer)
             self._answers.move_to_end(key)
