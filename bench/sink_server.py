@@ -9,11 +9,38 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
+import subprocess
 import sys
+from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
-_TOKEN = re.compile(rb"^X-Soak-Id: *(\S+)", re.MULTILINE | re.IGNORECASE)
+from bench.common import ROOT
+
+SOAK_ID = re.compile(rb"^X-Soak-Id: *(\S+)", re.MULTILINE | re.IGNORECASE)
+
+
+class SinkProcess:
+    """This sink in its own process (restartable on the same port and record file)."""
+
+    def __init__(self, port: int, record: Path | None = None) -> None:
+        self.port, self.record = port, record
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SinkProcess:
+        extra = [str(self.record)] if self.record is not None else []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.sink_server", str(self.port), *extra],
+            cwd=ROOT, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        self.process.stdout.readline()  # type: ignore[union-attr]  # "ready"
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(10)
 
 
 class CountingHandler:
@@ -25,7 +52,7 @@ class CountingHandler:
         self.count += 1
         if self.record_fd is not None:
             head = envelope.content.split(b"\r\n\r\n", 1)[0]
-            found = _TOKEN.search(head)
+            found = SOAK_ID.search(head)
             os.write(self.record_fd, (found.group(1) if found else b"-") + b"\n")
         return "250 2.0.0 Ok"
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,8 @@ from pathlib import Path
 
 import aiosmtplib
 
-from bench.common import ROOT, load_corpus, percentile, table
+from bench.common import load_corpus, percentile, rss_kib, table
+from bench.sink_server import SOAK_ID, SinkProcess
 from bench.throughput import DnsThread, Gateway, family
 from tests import authdata
 from tests.clamav import EICAR, ClamdProcess
@@ -41,7 +40,6 @@ from tests.dnsserver import txt
 from tests.messages import with_attachments
 
 SOURCES = [f"127.0.0.{n}" for n in range(2, 12)]
-_TOKEN = re.compile(rb"^X-Soak-Id: *(\S+)", re.MULTILINE | re.IGNORECASE)
 
 
 @dataclass
@@ -161,52 +159,24 @@ async def drive(port: int, messages: dict[str, list[bytes]], connections: int, s
 
 
 def rss_mib(pids: list[int]) -> float:
+    """Resident memory of these processes together (those gone since are skipped)."""
     total = 0
     for pid in pids:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        with contextlib.suppress(OSError):
+            total += rss_kib(pid)
     return total / 1024
 
 
-class Sink:
-    def __init__(self, port: int, record: Path) -> None:
-        self.port, self.record = port, record
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.sink_server", str(self.port), str(self.record)],
-            cwd=ROOT, stdout=subprocess.PIPE,
-        )  # fmt: skip
-        self.process.stdout.readline()  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(10)
-
-
-async def faults(sink: Sink, clamd: ClamdProcess, seconds: float, log: list[str]) -> None:
+async def faults(sink: SinkProcess, clamd: ClamdProcess, seconds: float, log: list[str]) -> None:
+    """Stop the backend at 30% of the run and clamd at 60%, each for 3 s."""
     started = time.monotonic()
-
-    async def at(fraction: float) -> None:
+    for fraction, name, part in ((0.3, "backend", sink), (0.6, "clamd", clamd)):
         await asyncio.sleep(max(0.0, started + seconds * fraction - time.monotonic()))
-
-    await at(0.3)
-    log.append(f"{time.monotonic() - started:.0f}s backend stopped")
-    sink.stop()
-    await asyncio.sleep(3)
-    await asyncio.to_thread(sink.start)
-    log.append(f"{time.monotonic() - started:.0f}s backend back")
-    await at(0.6)
-    log.append(f"{time.monotonic() - started:.0f}s clamd stopped")
-    clamd.stop()
-    await asyncio.sleep(3)
-    await asyncio.to_thread(clamd.start)
-    log.append(f"{time.monotonic() - started:.0f}s clamd back")
+        log.append(f"{time.monotonic() - started:.0f}s {name} stopped")
+        part.stop()
+        await asyncio.sleep(3)
+        await asyncio.to_thread(part.start)
+        log.append(f"{time.monotonic() - started:.0f}s {name} back")
 
 
 async def sample_memory(pid: int, seconds: float, samples: list[tuple[float, float]]) -> None:
@@ -226,7 +196,7 @@ def main(seconds: float, connections: int) -> int:
     zone.add("sel._domainkey.bench.test", "TXT", txt(f"v=DKIM1; k=rsa; p={keys.rsa_public_b64}"))  # type: ignore[attr-defined]
     zone.add("_dmarc.bench.test", "TXT", txt("v=DMARC1; p=reject"))
     dns = DnsThread(zone)
-    sink = Sink(free_port(), tmp / "delivered.txt")
+    sink = SinkProcess(free_port(), tmp / "delivered.txt")
     sink.start()
     clamd = ClamdProcess(tmp / "clamd", stream_max="64M").start()
     port = free_port()
@@ -267,7 +237,7 @@ def main(seconds: float, connections: int) -> int:
     delivered_counts = Counter(t for t in lines if t.startswith(tally.prefix))
     quarantined = set()
     for held in (store / "quarantine").glob("*.eml"):
-        found = _TOKEN.search(held.read_bytes()[:4096])
+        found = SOAK_ID.search(held.read_bytes()[:4096])
         if found:
             quarantined.add(found.group(1).decode())
     quarantined = {t for t in quarantined if t.startswith(tally.prefix)}
