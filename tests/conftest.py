@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 from hypothesis import settings as hypothesis_settings
 
@@ -141,6 +142,15 @@ def message(subject: str = "Hello", body: str = "Hi there.\r\n", **headers: str)
     fields.update({k.replace("_", "-"): v for k, v in headers.items()})
     head = "".join(f"{k}: {v}\r\n" for k, v in fields.items() if v is not None)
     return (head + "\r\n" + body).encode()
+
+
+async def send_message(port: int, data: bytes, timeout: float = 30) -> aiosmtplib.SMTPResponse:
+    """One message from a@sender.test to bob@example.test in its own session; the DATA reply
+    (a refusal raises aiosmtplib's exception for that step)."""
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=timeout) as client:
+        await client.mail("a@sender.test")
+        await client.rcpt("bob@example.test")
+        return await client.data(data)
 
 
 async def smtp_dialogue(port: int, chunks: list[bytes], timeout: float = 10.0) -> bytes:

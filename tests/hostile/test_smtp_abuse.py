@@ -9,7 +9,7 @@ import time
 import aiosmtplib
 import pytest
 
-from tests.conftest import message, running_gateway
+from tests.conftest import message, running_gateway, send_message
 
 
 async def trickle(port: int) -> bytes:
@@ -28,13 +28,6 @@ async def trickle(port: int) -> bytes:
         writer.close()
 
 
-async def deliver(port: int, subject: str) -> int:
-    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10) as client:
-        await client.mail("a@sender.test")
-        await client.rcpt("bob@example.test")
-        return (await client.data(message(subject=subject))).code
-
-
 async def test_slowloris_is_cut_off_and_honest_clients_get_through(sink, config_factory):
     config = config_factory(sink.port, server={"max_connections_per_ip": 4, "command_timeout": 0.5})
     async with running_gateway(config) as gw:
@@ -49,7 +42,7 @@ async def test_slowloris_is_cut_off_and_honest_clients_get_through(sink, config_
         answers = await asyncio.wait_for(asyncio.gather(*tricklers), 10)
         assert all(a.startswith(b"421 4.4.2") for a in answers), answers
         assert time.monotonic() - started < 3
-        assert await deliver(gw.port, "honest") == 250
+        assert (await send_message(gw.port, message(subject="honest"))).code == 250
     assert len(sink.messages) == 1
 
 
@@ -109,7 +102,7 @@ async def test_probing_is_cut_off_after_max_errors(sink, config_factory):
         assert [line[:9] for line in lines[2:]] == ["550 5.7.1"] * 5 + ["421 4.7.0"]
         assert len(gw.events(kind="rcpt_refused")) == 5
         # The next session starts with a clean slate.
-        assert await deliver(gw.port, "after") == 250
+        assert (await send_message(gw.port, message(subject="after"))).code == 250
 
 
 async def test_errors_between_delivered_messages_do_not_add_up(sink, config_factory):

@@ -21,7 +21,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from tests.conftest import message, running_gateway
+from tests.conftest import message, running_gateway, send_message
 from tests.sink import Received
 
 pytestmark = pytest.mark.skipif(
@@ -69,16 +69,9 @@ def remount(mount: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], check=True)
 
 
-async def send(port: int, data: bytes) -> aiosmtplib.SMTPResponse:
-    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=15) as client:
-        await client.mail("a@sender.test")
-        await client.rcpt("bob@example.test")
-        return await client.data(data)
-
-
 async def assert_quarantine_deferred(port: int) -> None:
     with pytest.raises(aiosmtplib.SMTPDataError) as deferred:
-        await send(port, message(Message_ID=None))
+        await send_message(port, message(Message_ID=None))
     assert deferred.value.code == 451
     assert "4.3.0" in deferred.value.message
 
@@ -103,7 +96,7 @@ async def test_full_disk_defers_quarantine_and_recovers(sink, config_factory, sm
         sink.port, store={"path": str(small_fs / "store")}, policy={"force": QUARANTINED}
     )
     async with running_gateway(config) as gw:
-        assert (await send(gw.port, message(subject="before"))).code == 250
+        assert (await send_message(gw.port, message(subject="before"))).code == 250
         filler = fill(small_fs)
 
         await assert_quarantine_deferred(gw.port)
@@ -112,14 +105,14 @@ async def test_full_disk_defers_quarantine_and_recovers(sink, config_factory, sm
         assert "store" in await gw.gateway.readiness()
         # A clean message still reaches the backend (nothing there is at risk); its event,
         # which the store cannot take, is in the log in full.
-        assert (await send(gw.port, message(subject="while full"))).code == 250
+        assert (await send_message(gw.port, message(subject="while full"))).code == 250
         assert subjects(await sink.wait_for(2)) == ["before", "while full"]
         assert {e["action"] for e in logged_events(caplog)} >= {"quarantine", "accept"}
         failures = gw.gateway.metrics.store_failures
         assert failures.labels("quarantine")._value.get() >= 1
 
         filler.unlink()
-        assert (await send(gw.port, message(Message_ID=None, subject="after"))).code == 250
+        assert (await send_message(gw.port, message(Message_ID=None, subject="after"))).code == 250
         [held] = gw.gateway.quarantine.list()
         assert held.subject == "after"
         assert await gw.gateway.readiness() == {}
@@ -137,7 +130,7 @@ async def test_read_only_quarantine_defers_and_recovers(sink, config_factory, sm
     mount_tmpfs(store / "quarantine", "1m")
     try:
         async with running_gateway(config) as gw:
-            assert (await send(gw.port, message(subject="before"))).code == 250
+            assert (await send_message(gw.port, message(subject="before"))).code == 250
             remount(store / "quarantine", "ro")
             await assert_quarantine_deferred(gw.port)
             assert gw.gateway.quarantine.list() == []
@@ -147,7 +140,9 @@ async def test_read_only_quarantine_defers_and_recovers(sink, config_factory, sm
             assert deferred.smtp_reply.startswith("451 4.3.0")
 
             remount(store / "quarantine", "rw")
-            assert (await send(gw.port, message(Message_ID=None, subject="after"))).code == 250
+            assert (
+                await send_message(gw.port, message(Message_ID=None, subject="after"))
+            ).code == 250
             assert [q.subject for q in gw.gateway.quarantine.list()] == ["after"]
             assert await gw.gateway.readiness() == {}
     finally:

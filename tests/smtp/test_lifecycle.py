@@ -12,7 +12,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from tests.conftest import free_port, message, running_gateway
+from tests.conftest import free_port, message, running_gateway, send_message
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -278,8 +278,14 @@ async def test_backend_starttls(config_factory, tls_pair):
         await sink.stop()
 
 
-def _children(pid: int) -> list[Path]:
-    return [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == pid]
+async def send_numbered(port: int, count: int) -> None:
+    """``count`` messages, one session each (a new connection may reach either worker)."""
+    for n in range(count):
+        await send_message(port, message(subject=f"n{n}"))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == pid]
 
 
 def _parent(proc_dir: Path) -> int:
@@ -300,11 +306,7 @@ async def test_two_workers_share_the_port_and_stop_together(sink, config_factory
     proc = await start_process(config)
     try:
         await wait_for_port(port)
-        for n in range(20):
-            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10) as client:
-                await client.sendmail(
-                    "a@sender.test", ["bob@example.test"], message(subject=f"n{n}")
-                )
+        await send_numbered(port, 20)
         await sink.wait_for(20)
         assert int(pid_file.read_text()) == proc.pid  # the parent, which minds the workers
         children = await asyncio.to_thread(_children, proc.pid)
@@ -329,21 +331,17 @@ async def test_a_worker_that_dies_is_started_again(sink, config_factory, tmp_pat
     proc = await start_process(config)
     try:
         await wait_for_port(port)
-        first = [int(p.name) for p in await asyncio.to_thread(_children, proc.pid)]
+        first = await asyncio.to_thread(_children, proc.pid)
         assert len(first) == 2
         os.kill(first[0], signal.SIGKILL)  # a crash of one worker
         async with asyncio.timeout(30):
             while True:
-                now = [int(p.name) for p in await asyncio.to_thread(_children, proc.pid)]
+                now = await asyncio.to_thread(_children, proc.pid)
                 if len(now) == 2 and first[0] not in now:
                     break
                 await asyncio.sleep(0.2)
         await wait_for_port(port)
-        for n in range(10):
-            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30) as client:
-                await client.sendmail(
-                    "a@sender.test", ["bob@example.test"], message(subject=f"{n}")
-                )
+        await send_numbered(port, 10)
         await sink.wait_for(10)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0  # restarted, so not a failure
