@@ -259,21 +259,12 @@ class SmtpServer:
 
     async def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
         """Listen (on ``sock`` when the workers share one); return the bound address."""
-        host, port = self.gateway.settings.server.listen_address
-        loop = asyncio.get_running_loop()
-        if sock is not None:
-            # asyncio calls listen() again on a given socket: the backlog must be passed here too.
-            self.server = await loop.create_server(
-                self._protocol, sock=sock, backlog=LISTEN_BACKLOG
-            )
-        else:
-            self.server = await loop.create_server(
-                self._protocol,
-                host=None if host == "*" else host,
-                port=port,
-                reuse_address=True,
-                backlog=LISTEN_BACKLOG,
-            )
+        if sock is None:
+            sock = listening_socket(self.gateway.settings.server)
+        # asyncio calls listen() again on a given socket: the backlog must be passed here too.
+        self.server = await asyncio.get_running_loop().create_server(
+            self._protocol, sock=sock, backlog=LISTEN_BACKLOG
+        )
         sockname = self.server.sockets[0].getsockname()
         log.info("listening on %s:%s", sockname[0], sockname[1])
         return str(sockname[0]), int(sockname[1])
