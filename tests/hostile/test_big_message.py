@@ -3,11 +3,9 @@ a verdict and an event, in bounded time and bounded memory of the gateway proces
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
-import sys
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -17,7 +15,7 @@ import aiosmtplib
 from gateway.config import load_settings
 from gateway.events import EventFilter, SqliteStore
 from tests.conftest import free_port
-from tests.smtp.test_lifecycle import ROOT, wait_for_port
+from tests.smtp.test_lifecycle import ROOT, start_process, wait_for_port
 
 RULES = ROOT / "tests" / "data" / "rules" / "basic"
 
@@ -45,7 +43,7 @@ def peak_rss_mib(pid: int) -> float:
 
 
 async def test_fifty_megabyte_message_gets_a_verdict_in_bounded_time_and_memory(
-    sink, config_factory, tmp_path
+    sink, config_factory
 ):
     port = free_port()
     config = config_factory(
@@ -56,10 +54,7 @@ async def test_fifty_megabyte_message_gets_a_verdict_in_bounded_time_and_memory(
             "rules": {"enabled": True, "paths": [str(RULES)]},
         },
     )
-    log = (tmp_path / "gateway.log").open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(config), stderr=log, cwd=ROOT
-    )
+    proc = await start_process(config)
     try:
         await wait_for_port(port, timeout=60)
         idle_mib = peak_rss_mib(proc.pid)
@@ -75,7 +70,6 @@ async def test_fifty_megabyte_message_gets_a_verdict_in_bounded_time_and_memory(
     finally:
         proc.send_signal(signal.SIGTERM)
         await proc.wait()
-        log.close()
     assert reply.code == 250, reply
     [received] = await sink.wait_for(1)
     assert len(received.data) > len(data)  # stamped with our headers, body intact

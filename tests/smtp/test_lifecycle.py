@@ -17,18 +17,29 @@ from tests.conftest import free_port, message, running_gateway, send_message
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def log_of(config: Path) -> Path:
+    """Where start_process sends the gateway's log."""
+    return config.with_suffix(".log")
+
+
 async def start_process(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "serve",
-        "--config",
-        str(config),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    """`mailmoat serve` in its own process, its log appended to log_of(config).
+
+    A file, not a pipe: serve logs every event, and a pipe nobody drains fills up and
+    stalls the gateway in the middle of a test.
+    """
+    with log_of(config).open("ab") as log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
 
 
 async def wait_for_port(port: int, timeout: float = 15.0) -> None:
@@ -117,7 +128,7 @@ async def test_sighup_reloads_and_a_broken_config_keeps_the_old_pipeline(sink, c
                 await client.sendmail("a@sender.test", ["bob@example.test"], message(Date=None))
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
-        stderr = (await proc.stderr.read()).decode()
+        stderr = log_of(config).read_text()
         assert "reload refused" in stderr
         assert "TOML syntax error" in stderr
     finally:
@@ -349,4 +360,4 @@ async def test_a_worker_that_dies_is_started_again(sink, config_factory, tmp_pat
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    assert b"starting it again" in await proc.stderr.read()
+    assert "starting it again" in log_of(config).read_text()
