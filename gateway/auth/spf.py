@@ -1,7 +1,7 @@
 """SPF (RFC 7208) with pyspf, resolving through Mailmoat's DnsClient instead of the system.
 
 pyspf looks names up through its module-level ``DNSLookup`` function. We install one
-dispatcher that answers from the ``DnsBridge`` set for the current call (a ContextVar, so
+dispatcher that answers from the resolver set for the current call (a ContextVar, so
 concurrent checks in different threads each use their own bridge).
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import spf
 
-from gateway.clients.dns import DnsBridge, DnsTempError
+from gateway.clients.dns import BlockingDns, DnsTempError
 
-_bridge: contextvars.ContextVar[DnsBridge | None] = contextvars.ContextVar(
+_bridge: contextvars.ContextVar[BlockingDns | None] = contextvars.ContextVar(
     "spf_bridge", default=None
 )
 
@@ -56,10 +56,11 @@ class SpfResult:
     explanation: str
 
 
-def check_spf(bridge: DnsBridge, ip: str, mail_from: str, helo: str, timeout: float) -> SpfResult:
+def check_spf(bridge: BlockingDns, ip: str, mail_from: str, helo: str, timeout: float) -> SpfResult:
     """Evaluate SPF for MAIL FROM, or for HELO when the reverse-path is null (RFC 7208 2.4).
 
-    Blocking (pyspf): call it in a worker thread.
+    Blocking (pyspf): call it in a worker thread with a DnsBridge, or on the event loop with
+    CachedAnswers (and again in a thread if that missed).
     """
     identity = "mailfrom" if mail_from else "helo"
     sender = mail_from or f"postmaster@{helo}"

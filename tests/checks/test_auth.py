@@ -319,3 +319,95 @@ async def test_dns_answers_are_cached_for_their_ttl_and_served_to_threads_direct
     assert client.cached("sender.test", "TXT") is None
     await client.query("sender.test", "TXT")
     assert dns.queries[("sender.test.", "TXT")] == 2
+
+
+# --- the fast paths: SPF from the cache on the loop, DKIM RSA through OpenSSL ----------------
+
+
+@pytest.mark.parametrize(
+    ("mail_from", "ip"),
+    [
+        ("a@sender.test", SENDER_IP),
+        ("a@sender.test", OTHER_IP),
+        ("a@include.test", SENDER_IP),
+        ("a@redirect.test", OTHER_IP),
+        ("a@mx.test", SENDER_IP),
+        ("a@exists.test", OTHER_IP),
+        ("a@nospf.test", OTHER_IP),
+        ("a@loop.test", SENDER_IP),
+        ("a@hugespf.test", SENDER_IP),
+    ],
+)
+async def test_spf_from_the_cache_alone_is_the_answer_dns_gives(dns, mail_from, ip):
+    import asyncio
+
+    from gateway.auth.spf import check_spf
+    from gateway.clients.dns import CachedAnswers, DnsBridge
+
+    client = DnsClient(DnsConfig(nameservers=[dns.address], timeout=1.0))
+    cold = CachedAnswers(client)
+    check_spf(cold, ip, mail_from, "mail.sender.test", 3.0)
+    assert cold.missed  # nothing cached yet: the caller must ask again in a thread
+    bridge = DnsBridge(client, asyncio.get_running_loop())
+    through_dns = await asyncio.to_thread(check_spf, bridge, ip, mail_from, "mail.sender.test", 3)
+    asked = sum(dns.queries.values())
+    warm = CachedAnswers(client)
+    from_cache = check_spf(warm, ip, mail_from, "mail.sender.test", 3.0)
+    assert not warm.missed
+    assert from_cache == through_dns
+    assert sum(dns.queries.values()) == asked  # the second evaluation asked no server
+
+
+async def test_spf_is_asked_again_through_dns_when_the_cache_has_part_of_the_answer(dns):
+    from gateway.context import Envelope, ScanContext
+    from gateway.pipeline import Pipeline
+
+    settings = offline_settings(dns={"nameservers": [dns.address], "timeout": 1.0}, auth={})
+    pipeline = Pipeline.from_settings(settings)
+    auth = next(check for check in pipeline.checks if check.name == "auth")
+    await auth.dns.query("include.test", "TXT")  # the record, but not the one it includes
+    envelope = Envelope(
+        id="0000000000000000.1",
+        raw=authdata.message(),
+        mail_from="a@include.test",
+        rcpts=("bob@example.test",),
+        client_ip=SENDER_IP,
+    )
+    result = await pipeline.scan(ScanContext(envelope))
+    await pipeline.aclose()
+    assert "SPF_PASS" in {s.name for s in result.verdict.symbols}
+    assert dns.queries[("_spf.sender.test.", "TXT")] == 1
+
+
+@pytest.mark.parametrize("algorithm", [b"rsa-sha256", b"rsa-sha1"])
+def test_openssl_rsa_verification_answers_as_dkimpy_does(keys, algorithm):
+    import dkim
+
+    from gateway.auth import dkim as gateway_dkim
+
+    assert dkim.RSASSA_PKCS1_v1_5_verify is gateway_dkim.rsa_verify  # dkimpy calls ours
+    signed = dkim.sign(
+        authdata.message(), b"sel", b"sender.test", keys.rsa_private, signature_algorithm=algorithm
+    )
+    other_key = keys.list_public_b64.encode()
+    cases = {
+        "valid": (signed + authdata.message(), keys.rsa_public_b64.encode()),
+        "header changed": (
+            (signed + authdata.message()).replace(b"Quarterly", b"Yearly"),
+            keys.rsa_public_b64.encode(),
+        ),
+        "other key": (signed + authdata.message(), other_key),
+    }
+    outcomes = {}
+    for name, (raw, public) in cases.items():
+        record = b"v=DKIM1; k=rsa; p=" + public
+        answers = []
+        for verify in (gateway_dkim.rsa_verify, gateway_dkim._PURE_PYTHON_VERIFY):
+            dkim.RSASSA_PKCS1_v1_5_verify = verify
+            try:
+                answers.append(dkim.verify(raw, dnsfunc=lambda *_, r=record, **__: r))
+            finally:
+                dkim.RSASSA_PKCS1_v1_5_verify = gateway_dkim.rsa_verify
+        assert answers[0] == answers[1], name
+        outcomes[name] = answers[0]
+    assert outcomes == {"valid": True, "header changed": False, "other key": False}
