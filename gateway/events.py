@@ -11,7 +11,7 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,11 +58,20 @@ class SecurityEvent:
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of an event (``schema`` versioned: training reads it)."""
-        data = asdict(self)
+        """The JSON shape of an event (``schema`` versioned: training reads it).
+
+        Built field by field: ``dataclasses.asdict`` deep-copies recursively and cost 0.1 ms
+        an event, twice per message (log line, store). Containers are copied one level down.
+        """
+        data: dict[str, Any] = {"schema": SCHEMA_VERSION}
+        for name in _EVENT_FIELDS:
+            data[name] = getattr(self, name)
         data["rcpts"] = list(self.rcpts)
         data["symbols"] = [dict(s) for s in self.symbols]
-        return {"schema": SCHEMA_VERSION, **data}
+        data["timings_ms"] = dict(self.timings_ms)
+        data["versions"] = dict(self.versions)
+        data["details"] = dict(self.details)
+        return data
 
     def to_json(self) -> str:
         """One compact line: the events log, JSON lines files."""
@@ -76,6 +85,9 @@ class SecurityEvent:
         values["rcpts"] = tuple(values.get("rcpts", ()))
         values["symbols"] = tuple(values.get("symbols", ()))
         return cls(**values)
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(SecurityEvent))
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +312,7 @@ class SqliteStore:
                 event.score,
                 event.subject,
                 event.message_id,
-                json.dumps(record, ensure_ascii=False),
+                json.dumps(record, ensure_ascii=False, separators=(",", ":")),
             ),
         )
         db.executemany(
