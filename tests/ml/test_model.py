@@ -98,3 +98,39 @@ def test_registry_errors(tmp_path):
     (tmp_path / "CURRENT").write_text("absent\n")
     with pytest.raises(ConfigError, match=r"no metadata\.json"):
         load_model(current_model_dir(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"analyzer": "char_wb", "ngram_range": (3, 5)},
+        {"analyzer": "char_wb", "ngram_range": (5, 6)},  # words shorter than n count once
+        {"analyzer": "word", "ngram_range": (1, 2)},
+        {"analyzer": "word", "ngram_range": (2, 3)},
+    ],
+)
+def test_term_counts_equal_scikit_learns(options):
+    from collections import Counter
+
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from gateway.ml.model import _terms_of
+
+    documents = [
+        "Win a FREE cruise now now now!!! Click here: http://spam.example/x?y=1",
+        "a b c dé ümlaut\tTabs\n\nand  spaces, Ü x yy zzz",
+        "Numbers for the quarterly report are attached below, as agreed. " * 5,
+        "",
+        "one",
+    ]
+    vectorizer = TfidfVectorizer(**options).fit(documents[:3])
+    analyzer = vectorizer.build_analyzer()
+    terms = _terms_of(vectorizer)
+    for document in documents:
+        expected = {
+            vectorizer.vocabulary_[term]: count
+            for term, count in Counter(analyzer(document)).items()
+            if term in vectorizer.vocabulary_
+        }
+        index, counts = terms(document)
+        assert dict(zip(index.tolist(), counts.tolist(), strict=True)) == expected, document
