@@ -15,7 +15,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -204,8 +204,12 @@ def _damerau(a: str, b: str) -> int:
 _CONFUSABLE = str.maketrans({"0": "o", "1": "l", "3": "e", "5": "s", "@": "a", "$": "s"})
 
 
-def is_lookalike(candidate: str, protected: Iterable[str]) -> bool:
-    """A near-miss of a protected domain: one edit away, or equal after confusables (0->o)."""
+@lru_cache(maxsize=8192)
+def is_lookalike(candidate: str, protected: frozenset[str]) -> bool:
+    """A near-miss of a protected domain: one edit away, or equal after confusables (0->o).
+
+    Cached: the same senders come again and again, and each answer is a few edit distances.
+    """
     cand = candidate.lower().rstrip(".")
     squashed = cand.replace("rn", "m").replace("vv", "w").translate(_CONFUSABLE)
     for real in protected:
@@ -213,7 +217,7 @@ def is_lookalike(candidate: str, protected: Iterable[str]) -> bool:
             return False
     for real in protected:
         if squashed == real.replace("rn", "m").translate(_CONFUSABLE) or (
-            len(real) >= 5 and _damerau(cand, real) == 1
+            len(real) >= 5 and abs(len(cand) - len(real)) <= 1 and _damerau(cand, real) == 1
         ):
             return True
     return False

@@ -219,6 +219,8 @@ def test_lookalikes():
     assert is_lookalike("paypa1.com", ours)
     assert not is_lookalike("example.com", ours)
     assert not is_lookalike("totally-different.org", ours)
+    assert not is_lookalike("exampl.co", ours)  # two edits (lengths differ by two)
+    assert is_lookalike("exampe.com", ours)  # a deletion
 
 
 def test_schema_export_and_starter_rules_lint():
