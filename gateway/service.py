@@ -30,6 +30,9 @@ from gateway.types import Action
 
 log = logging.getLogger(__name__)
 
+# Seconds between WAL checkpoints of the event store, off the commit path (events.Checkpointer).
+CHECKPOINT_EVERY = 1.0
+
 
 def file_digest(path: Path) -> str:
     """Short sha256 of a file, used as a version label in events."""
@@ -49,7 +52,7 @@ class Gateway:
         self.pipeline = Pipeline.from_settings(settings)
         self.versions = self._versions(self.pipeline)
         self.backend: Backend = make_backend(settings.backend, self.hostname)
-        self.store = SqliteStore(settings.store.database)
+        self.store = SqliteStore(settings.store.database, checkpoint_every=CHECKPOINT_EVERY)
         self.quarantine = Quarantine(settings.store.quarantine_dir, self.store)
         jsonl = JsonLinesSink(settings.store.jsonl) if settings.store.jsonl else None
         self.recorder = EventRecorder(self.store, jsonl)

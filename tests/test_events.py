@@ -108,3 +108,33 @@ def test_parse_time():
     assert parse_time("2026-11-21T00:00:00") == 1795219200.0
     with pytest.raises(ValueError, match="invalid time"):
         parse_time("last tuesday")
+
+
+def test_wal_checkpoints_run_in_the_background_not_in_commits(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "events.sqlite3"
+
+    def in_database_file() -> int:
+        # immutable=1 reads the main file alone, not the WAL: what checkpoints have copied.
+        reader = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return reader.execute("SELECT count(*) FROM events").fetchone()[0]
+        except sqlite3.OperationalError:  # not even the schema has been copied yet
+            return 0
+        finally:
+            reader.close()
+
+    store = SqliteStore(path, checkpoint_every=0.2)
+    try:
+        # Commits never checkpoint (the thread does): SQLite's automatic checkpoint is off.
+        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for first in range(1, 3001, 100):
+            store.add_many([(event(n), None) for n in range(first, first + 100)])
+        deadline = time.monotonic() + 10
+        while in_database_file() < 3000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert in_database_file() == 3000
+    finally:
+        store.close()
+    assert not store.checkpointer.thread.is_alive()
