@@ -33,7 +33,7 @@ def verify_arc(raw: bytes, bridge: DnsBridge, minkey: int) -> ArcResult:
             return None
         return records[0] if records else None
 
-    logger = logging.Logger("dkimpy-arc")  # noqa: LOG001 - private, never registered
+    logger = logging.Logger("dkimpy-arc", logging.ERROR)  # noqa: LOG001 - private
     try:
         cv, results, reason = dkim.arc_verify(raw, logger=logger, dnsfunc=dnsfunc, minkey=minkey)
     except (dkim.DKIMException, ValueError, IndexError) as exc:

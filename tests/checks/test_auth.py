@@ -411,3 +411,15 @@ def test_openssl_rsa_verification_answers_as_dkimpy_does(keys, algorithm):
         assert answers[0] == answers[1], name
         outcomes[name] = answers[0]
     assert outcomes == {"valid": True, "header changed": False, "other key": False}
+
+
+async def test_dkim_of_a_big_message_is_verified_in_a_thread_with_the_same_answers(dns, keys):
+    from gateway.auth import dkim as gateway_dkim
+
+    body = "A long report line, repeated to make the message big.\r\n" * 2000
+    signed = authdata.sign_rsa(authdata.message(body=body), keys)
+    assert len(signed) > gateway_dkim.INLINE_BYTES
+    _, found, _ = await scan(dns, signed)
+    assert "DKIM_VALID" in found
+    _, found, _ = await scan(dns, signed.replace(b"repeated to", b"REPEATED to", 1))
+    assert found["DKIM_INVALID"].details["signatures"][0]["reason"] == "body hash"
