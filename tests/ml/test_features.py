@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from gateway.message import ParsedMessage
 from gateway.ml.features import MAX_TEXT, Features, extract, html_to_text
 from tests.messages import with_attachments
@@ -63,3 +67,32 @@ def test_snapshot_round_trip():
     f = features(BASE)
     assert Features.from_dict(f.to_dict()) == f
     assert f.to_dict()["version"] == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "x",
+        "  lead",
+        "trail \t",
+        "a\u00a0b\u2028c\x1cd",
+        "\x85 nel \x85",
+        "one  two\r\n\r\nthree",
+    ],
+)
+def test_whitespace_squeezed_as_the_regex_does(text):
+    from gateway.ml.features import squeeze_whitespace
+
+    assert squeeze_whitespace(text) == re.sub(r"\s+", " ", text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["no links here", "see HTTP://Example.test/a and www.two.test", "hTTps://x.test", "www"],
+)
+def test_urls_found_as_the_regex_finds_them(text):
+    from gateway.ml.features import _URL, find_urls
+
+    assert find_urls(text) == _URL.findall(text)
