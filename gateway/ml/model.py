@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import platform
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -149,6 +150,9 @@ def _char_wb_terms(vectorizer: Any) -> Callable[[str], Terms]:
     return terms
 
 
+_DEFAULT_TOKENS = r"(?u)\b\w\w+\b"  # scikit-learn's token_pattern
+
+
 def _word_terms(vectorizer: Any) -> Callable[[str], Terms]:
     """(vocabulary indices, counts) equal to the vectorizer's for analyzer='word'.
 
@@ -159,6 +163,10 @@ def _word_terms(vectorizer: Any) -> Callable[[str], Terms]:
         return _analyzer_terms(vectorizer)
     preprocess = vectorizer.build_preprocessor()
     tokenize = vectorizer.build_tokenizer()
+    if vectorizer.token_pattern == _DEFAULT_TOKENS:
+        # The same tokens a third faster: findall never starts inside a run of word
+        # characters, and a greedy run ends at a boundary, so the \b are implied.
+        tokenize = re.compile(r"\w\w+").findall
     low, high = vectorizer.ngram_range
     lookup = vectorizer.vocabulary_.get
 
