@@ -84,7 +84,7 @@ class HeadersCheck:
         if malformed:
             hit("HDR_MALFORMED_LINE", count=len(malformed), first=malformed[0])
 
-        if not ctx.envelope.smtputf8 and any(b > 0x7F for b in msg.header_block):
+        if not ctx.envelope.smtputf8 and not msg.header_block.isascii():
             hit("HDR_8BIT_UNENCODED")
 
         if msg.defects:
