@@ -157,7 +157,7 @@ class Gateway:
         self.log = config.with_suffix(".log")
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--log-level", "WARNING"],
+                [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
         deadline = time.monotonic() + 60

@@ -608,7 +608,11 @@ def build_parser(with_training: bool = False) -> argparse.ArgumentParser:
     common.add_argument(
         "--config", "-c", metavar="FILE", help="TOML config (default: embedded defaults)"
     )
-    common.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    common.add_argument(
+        "--log-level",
+        default=None,
+        help="DEBUG, INFO, WARNING, ERROR (default: INFO for serve, its events; WARNING else)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="mailmoat",
@@ -737,15 +741,21 @@ def build_parser(with_training: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+def log_level(command: str, given: str | None) -> str:
+    """The level asked for; else INFO for serve (each event reaches the journal), WARNING."""
+    if given:
+        return given
+    return "INFO" if command == "serve" else "WARNING"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mailmoat`` console script."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(with_training=bool(arguments) and arguments[0] in TRAINING_COMMANDS)
     args = parser.parse_args(arguments)
-    level = args.log_level
-    if args.command == "serve" and level == "WARNING":
-        level = "INFO"
-    _setup_logging(level, events_to_stderr=args.command == "serve")
+    _setup_logging(
+        log_level(args.command, args.log_level), events_to_stderr=args.command == "serve"
+    )
     started = time.perf_counter()
     try:
         if args.command in TRAINING_COMMANDS:

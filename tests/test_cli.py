@@ -183,3 +183,12 @@ def test_console_script_runs():
         check=True,
     )
     assert out.stdout.startswith("mailmoat ")
+
+
+def test_log_level_asked_for_is_kept_and_serve_defaults_to_its_events():
+    from gateway.cli import log_level
+
+    assert log_level("serve", None) == "INFO"
+    assert log_level("serve", "WARNING") == "WARNING"  # was raised to INFO regardless
+    assert log_level("events", None) == "WARNING"
+    assert log_level("scan", "DEBUG") == "DEBUG"

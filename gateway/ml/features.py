@@ -46,6 +46,8 @@ def squeeze_whitespace(text: str) -> str:
     lead = " " if text[0].isspace() else ""
     trail = " " if text[-1].isspace() else ""
     return f"{lead}{' '.join(words)}{trail}"
+
+
 _EMAIL_DOMAIN = re.compile(r"@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 
 
