@@ -58,5 +58,9 @@ class StoreError(GatewayError):
     """The event store or the quarantine could not read or write."""
 
 
+class StoreBusy(StoreError):
+    """A write that was not to wait found the store in use (another thread or process)."""
+
+
 class UnknownIdError(StoreError):
     """The id is invalid or names nothing in the store."""

@@ -16,12 +16,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.errors import StoreError, UnknownIdError
+from gateway.errors import StoreBusy, StoreError, UnknownIdError
 
 log = logging.getLogger(__name__)
 event_log = logging.getLogger("gateway.events")
 
 SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000  # how long a write waits for another process's (unless told not to)
 EVENT_ID = re.compile(r"^[0-9a-f]{16}\.[0-9]{1,9}$")
 
 
@@ -112,7 +113,9 @@ class EventStore(Protocol):
     """What the gateway needs of an event store (SQLite now; PostgreSQL can follow)."""
 
     def add(self, event: SecurityEvent, retained: Retained | None = None) -> None: ...
-    def add_many(self, items: Sequence[tuple[SecurityEvent, Retained | None]]) -> None: ...
+    def add_many(
+        self, items: Sequence[tuple[SecurityEvent, Retained | None]], wait: bool = True
+    ) -> None: ...
     def get(self, event_id: str) -> SecurityEvent: ...
     def list(self, where: EventFilter) -> list[SecurityEvent]: ...
     def close(self) -> None: ...
@@ -278,7 +281,7 @@ class SqliteStore:
             # quarantine index) ask for durable=True and are committed with FULL.
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self.db.executescript(_SCHEMA)
             self.db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
@@ -293,17 +296,21 @@ class SqliteStore:
         self.lock = threading.Lock()
 
     @contextmanager
-    def transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+    def transaction(self, durable: bool = False, wait: bool = True) -> Iterator[sqlite3.Connection]:
         """One serialised write transaction; sqlite errors become StoreError.
 
         ``durable``: the commit is fsync'd (synchronous=FULL), surviving power loss.
+        ``wait=False``: StoreBusy at once, instead of waiting, when another thread of this
+        process or another process (a worker) is writing: for a caller on the event loop.
         """
-        with self.lock:
+        if not self.lock.acquire(blocking=wait):
+            raise StoreBusy(f"{self.path}: in use by another thread")
+        try:
             try:
                 if durable:
                     self.db.execute("PRAGMA synchronous=FULL")
                 try:
-                    self.db.execute("BEGIN IMMEDIATE")
+                    self._begin(wait)
                     yield self.db
                     self.db.execute("COMMIT")
                 except BaseException:
@@ -318,6 +325,23 @@ class SqliteStore:
                         self.db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
+        finally:
+            self.lock.release()
+
+    def _begin(self, wait: bool) -> None:
+        """BEGIN IMMEDIATE: take the write lock, waiting for it (busy_timeout) or not."""
+        if wait:
+            self.db.execute("BEGIN IMMEDIATE")
+            return
+        self.db.execute("PRAGMA busy_timeout=0")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise StoreBusy(f"{self.path}: in use by another process") from exc
+            raise
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run a read query under the lock."""
@@ -331,9 +355,11 @@ class SqliteStore:
         """Store one event and its symbols (and what is retained of the message, if any)."""
         self.add_many([(event, retained)])
 
-    def add_many(self, items: Sequence[tuple[SecurityEvent, Retained | None]]) -> None:
-        """Store several events in one transaction (group commit)."""
-        with self.transaction() as db:
+    def add_many(
+        self, items: Sequence[tuple[SecurityEvent, Retained | None]], wait: bool = True
+    ) -> None:
+        """Store several events in one transaction (group commit); see transaction() for wait."""
+        with self.transaction(wait=wait) as db:
             for event, retained in items:
                 self._insert(db, event, retained)
 
@@ -626,13 +652,17 @@ class EventRecorder:
     def record_many(self, items: Sequence[tuple[SecurityEvent, Retained | None]]) -> None:
         """Record several events: log lines, JSON lines, then one store transaction."""
         try:
-            for event, _ in items:
-                if event_log.isEnabledFor(logging.INFO):
-                    event_log.info(event.to_json())
-                if self.jsonl is not None:
-                    self.jsonl.write(event)
+            self.announce(items)
         finally:
             self.store.add_many(items)
+
+    def announce(self, items: Sequence[tuple[SecurityEvent, Retained | None]]) -> None:
+        """The events log and the JSON lines file (StoreError if that file failed)."""
+        for event, _ in items:
+            if event_log.isEnabledFor(logging.INFO):
+                event_log.info(event.to_json())
+            if self.jsonl is not None:
+                self.jsonl.write(event)
 
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")

@@ -120,7 +120,7 @@ def test_wal_checkpoints_run_in_the_background_not_in_commits(tmp_path):
         reader = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
         try:
             return reader.execute("SELECT count(*) FROM events").fetchone()[0]
-        except sqlite3.OperationalError:  # not even the schema has been copied yet
+        except sqlite3.DatabaseError:  # no schema copied yet, or a checkpoint is writing
             return 0
         finally:
             reader.close()
@@ -132,9 +132,43 @@ def test_wal_checkpoints_run_in_the_background_not_in_commits(tmp_path):
         for first in range(1, 3001, 100):
             store.add_many([(event(n), None) for n in range(first, first + 100)])
         deadline = time.monotonic() + 10
-        while in_database_file() < 3000 and time.monotonic() < deadline:
+        copied = in_database_file()
+        while copied < 3000 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert in_database_file() == 3000
+            copied = in_database_file()
+        assert copied == 3000
     finally:
         store.close()
     assert not store.checkpointer.thread.is_alive()
+
+
+async def test_a_group_waits_in_a_thread_while_another_process_holds_the_store(tmp_path):
+    import asyncio
+    import sqlite3
+
+    from gateway.errors import StoreBusy
+    from gateway.service import GroupCommitter
+
+    path = tmp_path / "events.sqlite3"
+    store = SqliteStore(path)
+    other = sqlite3.connect(path, isolation_level=None)  # as the other worker would
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        with pytest.raises(StoreBusy):
+            store.add_many([(event(1), None)], wait=False)  # on the loop: never waits
+        committer = GroupCommitter(EventRecorder(store))
+        submitted = asyncio.create_task(committer.submit(event(2), None))
+        started = time.monotonic()
+        for _ in range(20):  # the loop keeps running while the group waits for the lock
+            await asyncio.sleep(0.01)
+        # Waiting for the lock on the loop would have taken the busy timeout (5 s) first.
+        assert time.monotonic() - started < 2.5
+        assert not submitted.done()
+        other.execute("ROLLBACK")
+        await asyncio.wait_for(submitted, 10)
+        assert store.get(event(2).id).id == event(2).id
+        with pytest.raises(UnknownIdError):
+            store.get(event(1).id)  # the busy attempt left nothing behind
+    finally:
+        other.close()
+        store.close()

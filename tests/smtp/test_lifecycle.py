@@ -341,9 +341,13 @@ async def test_a_worker_that_dies_is_started_again(sink, config_factory, tmp_pat
     )
     proc = await start_process(config)
     try:
-        await wait_for_port(port)
-        first = await asyncio.to_thread(_children, proc.pid)
-        assert len(first) == 2
+        await wait_for_port(port)  # the parent listens before it forks: wait for both
+        async with asyncio.timeout(30):
+            while True:
+                first = await asyncio.to_thread(_children, proc.pid)
+                if len(first) == 2:
+                    break
+                await asyncio.sleep(0.1)
         os.kill(first[0], signal.SIGKILL)  # a crash of one worker
         async with asyncio.timeout(30):
             while True:
