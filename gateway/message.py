@@ -17,6 +17,15 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 
+def bare_line_endings(raw: bytes) -> tuple[int, int]:
+    """(LFs without a CR before, CRs without an LF after): counted in C, not by a regex.
+
+    A CRLF pair cannot overlap another, so every LF or CR not in one is bare.
+    """
+    pairs = raw.count(b"\r\n")
+    return raw.count(b"\n") - pairs, raw.count(b"\r") - pairs
+
+
 def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
     """Return (header block including its final line break, rest) of a raw message."""
     match = _HEADER_END.search(raw)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -10,11 +9,8 @@ from typing import Any, ClassVar, Self
 from gateway.checks.base import parse_section
 from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
+from gateway.message import bare_line_endings
 from gateway.types import Finding, Status
-
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-_BARE_CR = re.compile(rb"\r(?!\n)")
-_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
 
 
 class ProtocolConfig(CheckConfig):
@@ -42,14 +38,15 @@ class ProtocolCheck:
     async def run(self, ctx: ScanContext) -> Sequence[Finding]:
         raw = ctx.envelope.raw
         found: list[Finding] = []
-        if (lf := len(_BARE_LF.findall(raw))) > 0:
+        lf, cr = bare_line_endings(raw)
+        if lf:
             found.append(Finding(self.name, "PROTO_BARE_LF", Status.FAIL, {"count": lf}))
-        if (cr := len(_BARE_CR.findall(raw))) > 0:
+        if cr:
             found.append(Finding(self.name, "PROTO_BARE_CR", Status.FAIL, {"count": cr}))
         if b"\x00" in raw:
             found.append(Finding(self.name, "PROTO_NUL", Status.FAIL, {"count": raw.count(0)}))
         declared = ctx.envelope.declared_8bitmime or ctx.envelope.smtputf8
-        if not declared and _EIGHT_BIT.search(raw):
+        if not declared and not raw.isascii():
             found.append(Finding(self.name, "PROTO_8BIT_UNDECLARED", Status.FAIL))
         if not ctx.envelope.mail_from:
             found.append(Finding(self.name, "PROTO_EMPTY_SENDER", Status.NEUTRAL))

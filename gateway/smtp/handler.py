@@ -11,6 +11,7 @@ from gateway.context import Envelope, ScanContext
 from gateway.disposition import stamp
 from gateway.errors import RelayError, StoreError
 from gateway.events import SecurityEvent
+from gateway.message import bare_line_endings
 from gateway.pipeline import ScanResult
 from gateway.relay import Reply
 from gateway.smtp import replies
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 # RFC 5321 4.5.3.1.3: a path is at most 256 octets; control characters never belong in one.
 _BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f]")
 MAX_PATH = 256
@@ -170,7 +170,7 @@ class ProxyHandler:
         gateway = self.gateway
         env = ctx.envelope
         backend = server.backend_session(gateway.backend)
-        if self.limits.bare_newline == "reject" and _BARE_NEWLINE.search(env.raw):
+        if self.limits.bare_newline == "reject" and any(bare_line_endings(env.raw)):
             answer = replies.S550_BARE_NEWLINE.format(id=env.id)
             await backend.rset()
             await gateway.record(self._event(ctx, None, "reject", answer, "", "bare newline"))
