@@ -157,7 +157,8 @@ def _word_terms(vectorizer: Any) -> Callable[[str], Terms]:
     """(vocabulary indices, counts) equal to the vectorizer's for analyzer='word'.
 
     scikit-learn joins each n-gram in a Python loop; here ``map`` and ``zip`` build them
-    and ``Counter`` counts them in C. Stop words are not supported (the model has none).
+    and ``Counter`` counts them in C (or, for words and pairs, numpy does: _pair_terms).
+    Stop words are not supported (the model has none).
     """
     if vectorizer.stop_words is not None:
         return _analyzer_terms(vectorizer)
@@ -169,6 +170,10 @@ def _word_terms(vectorizer: Any) -> Callable[[str], Terms]:
         tokenize = re.compile(r"\w\w+").findall
     low, high = vectorizer.ngram_range
     lookup = vectorizer.vocabulary_.get
+    if (low, high) == (1, 2):
+        pairs = _pair_terms(vectorizer.vocabulary_, preprocess, tokenize)
+        if pairs is not None:
+            return pairs
 
     def terms(document: str) -> Terms:
         tokens = tokenize(preprocess(document))
@@ -177,6 +182,49 @@ def _word_terms(vectorizer: Any) -> Callable[[str], Terms]:
             shifted = [islice(tokens, k, None) for k in range(n)]
             grams.append(map(" ".join, zip(*shifted, strict=False)))  # stops at the shortest
         return _indexed(Counter(chain.from_iterable(grams)), lookup)
+
+    return terms
+
+
+def _pair_terms(
+    vocabulary: dict[str, int],
+    preprocess: Callable[[str], str],
+    tokenize: Callable[[str], list[str]],
+) -> Callable[[str], Terms] | None:
+    """Words and word pairs counted without building the pairs' strings.
+
+    A pair is in the vocabulary only if both its words are (a pair is never in more
+    documents than its words), so each pair of known words is one number, first * size +
+    second, found by binary search in the vocabulary's pairs, sorted the same way. None
+    when the vocabulary breaks that rule (max_features could), to count the other way.
+    """
+    size = len(vocabulary)
+    keys: list[int] = []
+    indices: list[int] = []
+    for term, index in vocabulary.items():
+        first, space, second = term.partition(" ")
+        if space:
+            if first not in vocabulary or second not in vocabulary:
+                return None
+            keys.append(vocabulary[first] * size + vocabulary[second])
+            indices.append(index)
+    order = np.argsort(np.asarray(keys, np.int64))
+    pair_keys = np.asarray(keys, np.int64)[order]
+    pair_indices = np.asarray(indices, np.int64)[order]
+    if not pair_keys.size:
+        return None
+    lookup = vocabulary.get
+
+    def terms(document: str) -> Terms:
+        tokens = tokenize(preprocess(document))
+        words = np.fromiter(map(lookup, tokens, repeat(-1)), np.int64, len(tokens))
+        known = words >= 0
+        pairs = (words[:-1] * size + words[1:])[known[:-1] & known[1:]]
+        where = np.searchsorted(pair_keys, pairs)
+        where[where == pair_keys.size] = 0  # past the end: not a pair (checked next)
+        found = pair_indices[where[pair_keys[where] == pairs]]
+        unique, counts = np.unique(np.concatenate([words[known], found]), return_counts=True)
+        return unique, counts.astype(np.float64)
 
     return terms
 

@@ -107,6 +107,7 @@ def test_registry_errors(tmp_path):
         {"analyzer": "char_wb", "ngram_range": (5, 6)},  # words shorter than n count once
         {"analyzer": "word", "ngram_range": (1, 2)},
         {"analyzer": "word", "ngram_range": (2, 3)},
+        {"analyzer": "word", "ngram_range": (1, 2), "max_features": 12},  # pairs of unknowns
     ],
 )
 def test_term_counts_equal_scikit_learns(options):
@@ -134,3 +135,13 @@ def test_term_counts_equal_scikit_learns(options):
         }
         index, counts = terms(document)
         assert dict(zip(index.tolist(), counts.tolist(), strict=True)) == expected, document
+
+
+def test_pairs_are_counted_by_number_only_when_their_words_are_known():
+    from gateway.ml.model import _pair_terms
+
+    assert _pair_terms({"a b": 0}, str.lower, str.split) is None  # "a" and "b" unknown
+    terms = _pair_terms({"a": 0, "b": 1, "a b": 2}, str.lower, str.split)
+    assert terms is not None
+    index, counts = terms("A b a B c a")
+    assert dict(zip(index.tolist(), counts.tolist(), strict=True)) == {0: 3, 1: 2, 2: 2}
