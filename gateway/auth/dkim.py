@@ -5,8 +5,8 @@ a bad signature; dkimpy then verifies with that key and no DNS of its own: on th
 for a message of common size (the hand-off to a thread would cost more than the work), in a
 worker thread for a big one (hashing its body takes a while).
 
-dkimpy does RSA in pure Python (half a millisecond a signature, most of the auth check's
-CPU); its verification function is replaced by OpenSSL's, through ``cryptography``.
+dkimpy does RSA in pure Python (0.3 ms a signature, a quarter of the auth check's CPU);
+its verification function is replaced by OpenSSL's, through ``cryptography`` (20 us).
 """
 
 from __future__ import annotations
