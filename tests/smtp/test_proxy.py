@@ -15,6 +15,20 @@ async def send(port: int, sender: str, rcpts: list[str], data: bytes) -> tuple[d
     return refused, reply
 
 
+async def send_refused(
+    port: int,
+    error: type[aiosmtplib.SMTPResponseException],
+    code: int,
+    text: str,
+    sender: str = "alice@sender.test",
+) -> None:
+    """Send one message that must be refused with ``error``, ``code`` and ``text`` in it."""
+    with pytest.raises(error) as refused:
+        await send(port, sender, ["bob@example.test"], message())
+    assert refused.value.code == code
+    assert text in refused.value.message
+
+
 async def test_delivery_adds_headers_and_removes_forged_ones(gateway, sink):
     data = message(X_Mailmoat_Score="-100", X_Spam_Flag="NO")
     _, reply = await send(gateway.port, "alice@sender.test", ["bob@example.test"], data)
@@ -80,10 +94,7 @@ async def test_backend_down_at_connect_gives_451(config_factory):
 
     closed = free_port()  # nothing listens there
     async with running_gateway(config_factory(closed)) as gw:
-        with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
-            await send(gw.port, "alice@sender.test", ["bob@example.test"], message())
-        assert refused.value.code == 451
-        assert "4.4.1" in refused.value.message
+        await send_refused(gw.port, aiosmtplib.SMTPSenderRefused, 451, "4.4.1")
         [event] = gw.events(kind="mail_deferred")
         assert event.smtp_reply.startswith("451 4.4.1")
 
@@ -104,10 +115,9 @@ async def test_backend_lost_before_data_gives_451_and_nothing_is_acknowledged(ga
 
 async def test_backend_data_4xx_is_mirrored(gateway, sink):
     sink.handler.data_reply = "452 4.3.1 Insufficient system storage"
-    with pytest.raises(aiosmtplib.SMTPDataError) as failed:
-        await send(gateway.port, "alice@sender.test", ["bob@example.test"], message())
-    assert failed.value.code == 452
-    assert "4.3.1 Insufficient system storage" in failed.value.message
+    await send_refused(
+        gateway.port, aiosmtplib.SMTPDataError, 452, "4.3.1 Insufficient system storage"
+    )
 
 
 async def test_backend_stalling_past_its_timeout_gives_451(sink, config_factory):
@@ -371,10 +381,9 @@ async def test_backend_dropping_the_connection_in_the_middle_of_data(config_fact
     port = backend.sockets[0].getsockname()[1]
     try:
         async with running_gateway(config_factory(port)) as gw:
-            with pytest.raises(aiosmtplib.SMTPDataError) as failed:
-                await send(gw.port, "a@sender.test", ["bob@example.test"], message())
-            assert failed.value.code == 451
-            assert "4.4.2" in failed.value.message
+            await send_refused(
+                gw.port, aiosmtplib.SMTPDataError, 451, "4.4.2", sender="a@sender.test"
+            )
             [event] = gw.events(kind="message")
             assert event.smtp_reply.startswith("451 4.4.2")
             assert event.backend_reply  # what happened to the backend is on record
