@@ -366,7 +366,6 @@ class SqliteStore:
     def _insert(
         self, db: sqlite3.Connection, event: SecurityEvent, retained: Retained | None
     ) -> None:
-        record = event.to_dict()
         cursor = db.execute(
             "INSERT INTO events (id, time, kind, client_ip, mail_from, action, score, subject,"
             " message_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -380,7 +379,7 @@ class SqliteStore:
                 event.score,
                 event.subject,
                 event.message_id,
-                json.dumps(record, ensure_ascii=False, separators=(",", ":")),
+                event.to_json(),
             ),
         )
         db.executemany(
