@@ -36,6 +36,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +156,33 @@ async def load(
     return {"rate": sent / seconds, "sent": sent, "latencies": latencies}
 
 
+class CpuMeter:
+    """CPU of the gateway (all its processes) and of clamd from now on, per message."""
+
+    def __init__(self, gateway: Gateway | None, clamd_pid: int) -> None:
+        self.gateway = gateway
+        self.clamd_pid = clamd_pid
+        self.gateway_start = family_cpu(gateway.process.pid) if gateway else 0.0
+        self.clamd_start = cpu_seconds(clamd_pid)
+
+    def per_message(self, messages: int) -> tuple[float, float]:
+        """(gateway, clamd) CPU milliseconds per message since this meter was made."""
+        gateway = family_cpu(self.gateway.process.pid) - self.gateway_start if self.gateway else 0.0
+        clamd = cpu_seconds(self.clamd_pid) - self.clamd_start
+        return gateway * 1000 / messages, clamd * 1000 / messages
+
+
+@contextmanager
+def gateway_for(config: Path | None, port: int) -> Iterator[Gateway | None]:
+    """A gateway serving ``config`` on ``port`` for the block; None (the limit row) without."""
+    gateway = Gateway(config, port) if config is not None else None
+    try:
+        yield gateway
+    finally:
+        if gateway is not None:
+            gateway.stop()
+
+
 class Gateway:
     """`mailmoat serve` in its own process with a given config."""
 
@@ -232,15 +261,11 @@ def main(total: int, quick: bool) -> None:
         ]
     for name, enabled, rules in scenarios:
         gateway_port = free_port()
-        gateway = None
-        port = sink_port
-        if enabled is not None:
-            gateway = Gateway(config(enabled, rules, gateway_port), gateway_port)
-            port = gateway_port
-        try:
+        gateway_config = config(enabled, rules, gateway_port) if enabled is not None else None
+        with gateway_for(gateway_config, gateway_port) as gateway:
+            port = gateway_port if gateway else sink_port
             asyncio.run(load(port, signed, 4, 5))  # warm-up: caches, model, clamd
-            cpu_before = family_cpu(gateway.process.pid) if gateway else 0.0
-            clamd_before = cpu_seconds(clamd.process.pid)  # type: ignore[union-attr]
+            meter = CpuMeter(gateway, clamd.process.pid)  # type: ignore[union-attr]
             results = {}
             for concurrency, per_session in shapes:
                 results[(concurrency, per_session)] = asyncio.run(
@@ -249,8 +274,7 @@ def main(total: int, quick: bool) -> None:
             sent = sum(r["sent"] for r in results.values())
             if not sent:
                 raise RuntimeError(f"{name}: no message was accepted")
-            cpu = (family_cpu(gateway.process.pid) - cpu_before) * 1000 / sent if gateway else 0.0
-            clamd_cpu = (cpu_seconds(clamd.process.pid) - clamd_before) * 1000 / sent  # type: ignore[union-attr]
+            cpu, clamd_cpu = meter.per_message(sent)
             lat = results.get((10, 10), next(iter(results.values())))["latencies"]
             row = [name] + [f"{results[s]['rate']:.0f}" if s in results else "" for s in SHAPES]
             row += [percentile(lat, 50), percentile(lat, 95), percentile(lat, 99), f"{cpu:.2f}",
@@ -264,9 +288,6 @@ def main(total: int, quick: bool) -> None:
                 blank = [""] * (len(SHAPES) + 5)  # the columns these two rows do not measure
                 rows.append(["   full, corpus mix (c10x10)", f"{extra['mix']:.0f}", *blank])
                 rows.append(["   full, 1 MB message (c4x5)", f"{extra['1MB']:.1f}", *blank])
-        finally:
-            if gateway:
-                gateway.stop()
         print(f"done: {name}", file=sys.stderr, flush=True)
     sink.stop()
     postfix = postfix_rows(tmp, signed[0], all_checks, config, clamd.process.pid, total * 4)  # type: ignore[union-attr]
@@ -323,29 +344,19 @@ def postfix_rows(
         for name, enabled, rules in [("1. limit: smtp-source -> smtp-sink", None, False),
                                      ("2. pass-through", [], False),
                                      ("3. full pipeline", all_checks, True)]:  # fmt: skip
-            gateway = None
-            port = sink_port
+            gateway_port = free_port()
+            gateway_config = None
             if enabled is not None:
-                port = free_port()
-                gateway = Gateway(
-                    config(enabled, rules, port, sink_port).rename(tmp / f"pf-{port}.toml"), port
-                )
-            try:
+                gateway_config = config(enabled, rules, gateway_port, sink_port)
+                gateway_config = gateway_config.rename(tmp / f"pf-{gateway_port}.toml")
+            with gateway_for(gateway_config, gateway_port) as gateway:
+                port = gateway_port if gateway else sink_port
                 run_source(source, message_file, port, ["-s", "4", "-m", "40"])  # warm-up
-                cpu_before = family_cpu(gateway.process.pid) if gateway else 0.0
-                clamd_before = cpu_seconds(clamd_pid)
+                meter = CpuMeter(gateway, clamd_pid)
                 rates = [total / run_source(source, message_file, port, ["-s", "50", "-d", "-m", str(total)]),
                          total / run_source(source, message_file, port, ["-s", "10", "-m", str(total)])]  # fmt: skip
-                cpu = (
-                    (family_cpu(gateway.process.pid) - cpu_before) * 1000 / (2 * total)
-                    if gateway
-                    else 0.0
-                )
-                clamd_cpu = (cpu_seconds(clamd_pid) - clamd_before) * 1000 / (2 * total)
+                cpu, clamd_cpu = meter.per_message(2 * total)
                 rows.append([name, *(f"{r:.0f}" for r in rates), f"{cpu:.2f}", f"{clamd_cpu:.2f}"])
-            finally:
-                if gateway:
-                    gateway.stop()
             print(f"done: Postfix {name}", file=sys.stderr, flush=True)
     finally:
         sink_process.terminate()
