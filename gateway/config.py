@@ -165,6 +165,7 @@ class StoreConfig(FrozenModel):
 # Forced actions that hold unless the config says otherwise (SYMBOL = "score").
 DEFAULT_FORCE: dict[str, Action] = {
     "VIRUS_FOUND": Action.REJECT,
+    "ATTACHMENT_BANNED": Action.QUARANTINE,
     "DMARC_POLICY_REJECT": Action.REJECT,
     "DMARC_POLICY_QUARANTINE": Action.QUARANTINE,
 }

@@ -1,4 +1,4 @@
-"""Values that flow through the pipeline: Status, Action, Finding, Verdict."""
+"""Values that flow through the pipeline: Status, Action, Effect, Finding, Verdict."""
 
 from __future__ import annotations
 
@@ -42,13 +42,50 @@ _SEVERITY = {action: rank for rank, action in enumerate(Action)}
 
 
 @dataclass(frozen=True, slots=True)
+class Effect:
+    """What a finding asks of the policy, typed (the policy never reads ``detail``).
+
+    ``score`` replaces the symbol's configured weight (a rule's own score); ``factor`` scales
+    it (0..1, the model's confidence). ``force`` sets the action over the thresholds (the
+    strictest force wins); ``least`` is a floor the action is raised to and that no force,
+    allow rule or score can lower. ``reply`` is the text the client sees if this finding
+    decides; ``domains`` limits the effect to mail for those recipient domains.
+    """
+
+    score: float | None = None
+    factor: float | None = None
+    force: Action | None = None
+    least: Action | None = None
+    reply: str | None = None
+    domains: frozenset[str] = frozenset()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields that are set, for events and ``scan --json``."""
+        shown: dict[str, Any] = {}
+        for key in ("score", "factor", "reply"):
+            if getattr(self, key) is not None:
+                shown[key] = getattr(self, key)
+        for key in ("force", "least"):
+            value = getattr(self, key)
+            if value is not None:
+                shown[key] = value.value
+        if self.domains:
+            shown["domains"] = sorted(self.domains)
+        return shown
+
+
+NO_EFFECT = Effect()
+
+
+@dataclass(frozen=True, slots=True)
 class Finding:
-    """One symbol a check emitted, with its status and details (never a score)."""
+    """One symbol a check emitted, with its status, details and effect (never a score)."""
 
     check: str
     symbol: str
     status: Status
     detail: Mapping[str, Any] = field(default_factory=dict)
+    effect: Effect = NO_EFFECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +97,21 @@ class ScoredSymbol:
     check: str
     status: Status
     details: Mapping[str, Any]
+    effect: Effect = NO_EFFECT
 
     def as_dict(self) -> dict[str, Any]:
         """The stable JSON shape used by ``scan --json`` and the event store."""
-        return {
+        shown = {
             "name": self.name,
             "score": self.score,
             "check": self.check,
             "status": self.status.value,
             "details": dict(self.details),
         }
+        effect = self.effect.as_dict()
+        if effect:
+            shown["effect"] = effect
+        return shown
 
 
 @dataclass(frozen=True, slots=True)

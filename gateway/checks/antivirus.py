@@ -12,7 +12,7 @@ from gateway.checks.base import parse_section
 from gateway.clients.clamd import ClamdClient, ClamdError
 from gateway.config import CheckConfig, ClamdConfig, Settings
 from gateway.context import ScanContext
-from gateway.types import Finding, Status
+from gateway.types import Effect, Finding, Status
 
 
 class AntivirusConfig(CheckConfig):
@@ -54,8 +54,9 @@ class AntivirusCheck:
             return [self._fail(str(exc))]
         if not result.infected:
             return [Finding(self.name, "AV_CLEAN", Status.PASS)]
-        detail = {"signature": result.signature, "reply": f"Virus found: {result.signature}"}
-        return [Finding(self.name, "VIRUS_FOUND", Status.FAIL, detail)]
+        reply = f"Virus found: {result.signature}"
+        detail = {"signature": result.signature}
+        return [Finding(self.name, "VIRUS_FOUND", Status.FAIL, detail, Effect(reply=reply))]
 
     def _fail(self, reason: str) -> Finding:
         return Finding(self.name, "AV_FAIL", Status.ERROR, {"error": reason[:300]})

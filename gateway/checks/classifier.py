@@ -14,7 +14,7 @@ from gateway.checks.base import parse_section
 from gateway.config import PROJECT_ROOT, CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.ml.model import SpamModel, current_model_dir, load_model
-from gateway.types import Finding, Status
+from gateway.types import Effect, Finding, Status
 
 # Messages whose features take longer than this to classify go to a worker thread.
 THREAD_ABOVE_CHARS = 20_000
@@ -68,10 +68,12 @@ class ClassifierCheck:
         }
         if probability >= threshold:
             # Half the weight at the threshold, all of it at certainty.
-            detail["factor"] = round(0.5 + 0.5 * (probability - threshold) / (1 - threshold), 4)
-            return [Finding(self.name, "ML_SPAM", Status.FAIL, detail)]
-        detail["factor"] = round((threshold - probability) / threshold, 4)
-        return [Finding(self.name, "ML_HAM", Status.PASS, detail)]
+            factor = round(0.5 + 0.5 * (probability - threshold) / (1 - threshold), 4)
+            detail["factor"] = factor
+            return [Finding(self.name, "ML_SPAM", Status.FAIL, detail, Effect(factor=factor))]
+        factor = round((threshold - probability) / threshold, 4)
+        detail["factor"] = factor
+        return [Finding(self.name, "ML_HAM", Status.PASS, detail, Effect(factor=factor))]
 
     async def aclose(self) -> None:
         return None

@@ -9,7 +9,7 @@ import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import magic
 from pydantic import Field
@@ -24,7 +24,7 @@ from gateway.checks.base import parse_section
 from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.message import MimePart
-from gateway.types import Finding, Status
+from gateway.types import Action, Effect, Finding, Status
 
 log = logging.getLogger(__name__)
 # olevba logs every oddity of a malformed document at WARNING; our symbols say what matters.
@@ -105,6 +105,21 @@ class ContentConfig(CheckConfig):
     executable_types: tuple[str, ...] = EXECUTABLE_TYPES
     banned_extensions: tuple[str, ...] = ()
     banned_types: tuple[str, ...] = ()
+    # The least action for what could not be inspected (UNINSPECTABLE): an .exe ten zips
+    # deep or a bomb must not be waved through because the walk stopped. "score": no floor.
+    uninspectable: Literal["quarantine", "reject", "tempfail", "score"] = "quarantine"
+
+
+# Symbols meaning part of the message was not inspected: they carry the uninspectable floor.
+UNINSPECTABLE = frozenset(
+    {
+        "MIME_TOO_DEEP",
+        "MIME_TOO_MANY_PARTS",
+        "ARCHIVE_TOO_DEEP",
+        "ARCHIVE_BOMB",
+        "ARCHIVE_ENCRYPTED",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +188,10 @@ class ContentCheck:
         return found
 
     def _hit(self, symbol: str, **detail: Any) -> Finding:
-        return Finding(self.name, symbol, Status.FAIL, detail)
+        effect = Effect()
+        if symbol in UNINSPECTABLE and self.config.uninspectable != "score":
+            effect = Effect(least=Action(self.config.uninspectable))
+        return Finding(self.name, symbol, Status.FAIL, detail, effect)
 
     def _true_type(self, data: bytes) -> str:
         if not data:

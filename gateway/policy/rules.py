@@ -23,6 +23,7 @@ import regex
 import yaml
 from pydantic import ValidationError
 
+from gateway.auth.dmarc import organizational_domain
 from gateway.context import ScanContext
 from gateway.errors import ConfigError
 from gateway.ml.features import message_urls
@@ -35,7 +36,7 @@ from gateway.policy.rules_schema import (
     Rule,
     SymbolTest,
 )
-from gateway.types import Finding, Status
+from gateway.types import Action, Effect, Finding, Status
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,34 @@ class RuleInput:
     @cached_property
     def sender(self) -> list[str]:
         return [self.ctx.envelope.mail_from.lower()]
+
+    @cached_property
+    def verified_sender(self) -> list[str]:
+        """The envelope sender, only when SPF passed for its domain (proof, not a claim)."""
+        domain = self.sender_domain[0] if self.sender_domain else ""
+        passed = any(
+            str(d.get("domain", "")).lower().rstrip(".") == domain
+            for d in self.symbols.get("SPF_PASS", [])
+        )
+        return self.sender if domain and passed else []
+
+    @cached_property
+    def verified_from(self) -> list[str]:
+        """From addresses whose domain has an aligned DKIM pass or a DMARC pass.
+
+        SpamAssassin's whitelist_auth: a From address alone is a claim anyone can make.
+        """
+        signers = {
+            organizational_domain(str(sig.get("domain", "")))
+            for d in self.symbols.get("DKIM_VALID", [])
+            for sig in d.get("signatures", [])
+        }
+        dmarc = {str(d.get("from_domain", "")) for d in self.symbols.get("DMARC_PASS", [])}
+        return [
+            m.address.lower()
+            for m in self.ctx.message.from_mailboxes
+            if m.domain and (m.domain in dmarc or organizational_domain(m.domain) in signers)
+        ]
 
     @cached_property
     def sender_domain(self) -> list[str]:
@@ -350,6 +379,8 @@ class Compiler:
             "from_name": lambda i: i.from_names,
             "from_domain": lambda i: i.from_domains,
             "sender": lambda i: i.sender,
+            "verified_sender": lambda i: i.verified_sender,
+            "verified_from": lambda i: i.verified_from,
             "sender_domain": lambda i: i.sender_domain,
             "recipient": lambda i: i.recipients,
             "recipient_domain": lambda i: i.recipient_domains,
@@ -504,25 +535,27 @@ class RuleHit:
     reasons: list[str] = field(default_factory=list)
 
     def finding(self) -> Finding:
-        """The rule's symbol for the verdict (score and forced action in the details)."""
+        """The rule's symbol for the verdict: its score, force, floor and scope as an Effect."""
         rule = self.rule.rule
         active = rule.mode == "active"
         detail: dict[str, Any] = {
-            "rule_score": (rule.score or 0.0) if active else 0.0,
             "mode": rule.mode,
             "file": self.rule.file,
             "line": self.rule.line,
             "matched": self.reasons[:10],
         }
-        if rule.domains:
-            detail["domains"] = rule.domains
-        if rule.action is not None:
-            detail["rule_action"] = rule.action.value
-            detail["active"] = active
-            if rule.reply:
-                detail["reply"] = rule.reply
+        if not active and (rule.action is not None or rule.least is not None):
+            # What it would have done, for review before it is promoted.
+            detail["would"] = (rule.action or rule.least or Action.ACCEPT).value
+        effect = Effect(
+            score=(rule.score or 0.0) if active else 0.0,
+            force=rule.action if active else None,
+            least=rule.least if active else None,
+            reply=rule.reply if active else None,
+            domains=frozenset(d.lower() for d in rule.domains),
+        )
         status = Status.FAIL if active else Status.NEUTRAL
-        return Finding("rules", rule.name, status, detail)
+        return Finding("rules", rule.name, status, detail, effect)
 
 
 class RuleSet:
@@ -573,19 +606,45 @@ def rule_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def load_lists(paths: Iterable[Path]) -> tuple[dict[str, frozenset[str]], list[tuple[Path, bytes]]]:
-    """Named lists from lists/*.txt under each rules directory: one entry per line, # comments."""
+    """Named lists from lists/*.txt under each rules directory: one entry per line, # comments.
+
+    A list that cannot be read (a dangling link, not UTF-8) is a RuleSetError naming it.
+    """
     lists: dict[str, frozenset[str]] = {}
     sources = []
+    problems: list[Problem] = []
     for path in paths:
         folder = (path if path.is_dir() else path.parent) / "lists"
         for file in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
-            data = file.read_bytes()
+            data = _read(file, problems)
+            if data is None:
+                continue
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(Problem(str(file), _line_at(data, exc.start),
+                                        "not UTF-8 text", "save the list as UTF-8"))  # fmt: skip
+                continue
             sources.append((file, data))
-            entries = (
-                line.split("#", 1)[0].strip().casefold() for line in data.decode().splitlines()
-            )
+            entries = (line.split("#", 1)[0].strip().casefold() for line in text.splitlines())
             lists[file.stem] = frozenset(e for e in entries if e)
+    if problems:
+        raise RuleSetError(problems)
     return lists, sources
+
+
+def _read(file: Path, problems: list[Problem]) -> bytes | None:
+    """A file's bytes, or a Problem (a dangling symlink, no permission, a directory)."""
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        hint = "a symlink whose target is gone" if file.is_symlink() else ""
+        problems.append(Problem(str(file), 0, f"cannot read: {exc.strerror or exc}", hint))
+        return None
+
+
+def _line_at(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
 
 
 def load_rules(paths: Sequence[Path], known_symbols: Iterable[str]) -> RuleSet:
@@ -599,9 +658,11 @@ def load_rules(paths: Sequence[Path], known_symbols: Iterable[str]) -> RuleSet:
         digest.update(file.name.encode() + b"\0" + data)
     rules_by_file: list[tuple[Path, list[tuple[Rule, int]]]] = []
     for file in files:
-        data = file.read_bytes()
-        digest.update(file.name.encode() + b"\0" + data)
-        parsed = _parse_file(file, data, problems)
+        content = _read(file, problems)
+        if content is None:
+            continue
+        digest.update(file.name.encode() + b"\0" + content)
+        parsed = _parse_file(file, content, problems)
         if parsed is not None:
             rules_by_file.append((file, parsed))
     symbols = set(known_symbols) | {rule.name for _, rs in rules_by_file for rule, _ in rs}
@@ -618,6 +679,7 @@ def load_rules(paths: Sequence[Path], known_symbols: Iterable[str]) -> RuleSet:
             compiler.line = line
             node = compiler.compile(rule.when)
             problems.extend(compiler.problems)
+            problems.extend(_forgeable_allow(rule, str(file), line))
             compiled.append(CompiledRule(rule, node, str(file), line))
     problems.extend(_conflicts(compiled))
     errors = [p for p in problems if p.severity == "error"]
@@ -638,8 +700,8 @@ def _parse_file(file: Path, data: bytes, problems: list[Problem]) -> list[tuple[
         problems.append(Problem(str(file), line, f"YAML: {getattr(exc, 'problem', exc)}",
                                 "check indentation and quoting"))  # fmt: skip
         return None
-    except UnicodeDecodeError:
-        problems.append(Problem(str(file), 1, "not UTF-8 text"))
+    except UnicodeDecodeError as exc:
+        problems.append(Problem(str(file), _line_at(data, exc.start), "not UTF-8 text"))
         return None
     if raw is None:
         return []
@@ -673,6 +735,29 @@ def _parse_file(file: Path, data: bytes, problems: list[Problem]) -> list[tuple[
             problems.append(Problem(str(file), line, message, hint, "warning"))
         parsed.append((rule, line))
     return parsed
+
+
+# Tests of what any sender can write: an allow on them alone is an allow for everyone.
+FORGEABLE = frozenset({"sender", "sender_domain", "from_address", "from_domain", "from_name"})
+
+
+def _positive_leaves(cond: Condition) -> Iterable[str]:
+    if cond.kind in ("all", "any"):
+        for child in cond.value:
+            yield from _positive_leaves(child)
+    elif cond.kind != "not":
+        yield cond.kind
+
+
+def _forgeable_allow(rule: Rule, file: str, line: int) -> list[Problem]:
+    """An accept (or a negative score) that rests on a forgeable sender test alone."""
+    allows = rule.action is Action.ACCEPT or (rule.score is not None and rule.score < 0)
+    leaves = set(_positive_leaves(rule.when))
+    if not allows or not leaves or not leaves <= FORGEABLE:
+        return []
+    message = f"{rule.name}: allows on {', '.join(sorted(leaves))}, which any sender can forge"
+    hint = "use verified_sender / verified_from (SPF or aligned DKIM proof), or client_ip"
+    return [Problem(file, line, message, hint, "warning")]
 
 
 def _conflicts(rules: Sequence[CompiledRule]) -> list[Problem]:

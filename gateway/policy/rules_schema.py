@@ -86,6 +86,8 @@ LEAVES: dict[str, str] = {
     "from_name": "the From display name",
     "from_domain": "the From domain",
     "sender": "the envelope sender (MAIL FROM)",
+    "verified_sender": "the envelope sender, only when SPF passed for its domain",
+    "verified_from": "the From address, only with an aligned DKIM pass or a DMARC pass",
     "sender_domain": "the envelope sender's domain",
     "recipient": "any envelope recipient",
     "recipient_domain": "any envelope recipient's domain",
@@ -117,6 +119,8 @@ class Condition(Strict):
     from_name: MatchSpec | None = None
     from_domain: MatchSpec | None = None
     sender: MatchSpec | None = None
+    verified_sender: MatchSpec | None = None
+    verified_from: MatchSpec | None = None
     sender_domain: MatchSpec | None = None
     recipient: MatchSpec | None = None
     recipient_domain: MatchSpec | None = None
@@ -171,7 +175,12 @@ class Rule(Strict):
     )
     when: Condition
     score: float | None = None
-    action: Action | None = None
+    action: Action | None = Field(
+        default=None, description="force this action over the thresholds (strictest force wins)"
+    )
+    least: Action | None = Field(
+        default=None, description="raise the action to at least this; no allow rule lowers it"
+    )
     reply: str | None = Field(default=None, max_length=200)
 
     @field_validator("reply")
@@ -183,9 +192,9 @@ class Rule(Strict):
 
     @model_validator(mode="after")
     def _effect(self) -> Rule:
-        if self.score is None and self.action is None:
+        if self.score is None and self.action is None and self.least is None:
             raise ValueError("a rule needs a score, an action, or both")
-        if self.reply is not None and self.action is None:
+        if self.reply is not None and self.action is None and self.least is None:
             raise ValueError("reply only makes sense with an action")
         return self
 

@@ -1,9 +1,24 @@
-"""Turn findings into a Verdict: forced actions, then the error policy, then thresholds.
+"""Turn findings into a Verdict: score, forces, then floors that nothing may lower.
 
-Rules' findings (check "rules") carry their own score and, when active, a forced action. A
-rule limited to some recipient domains, and thresholds set per domain in [policy.domains],
-make the decision depend on the recipient: a message to several domains is decided for each
-and takes the strictest outcome, and the reason says which domain decided.
+The order (docs/architecture.md, "How a verdict is made"):
+
+1. **Score.** Each finding weighs its configured weight (scaled by its effect's ``factor``)
+   or its effect's own ``score`` (a rule); error findings weigh 0. The total maps to
+   accept / tag / quarantine / reject by the thresholds.
+2. **Forces.** A ``force`` effect (a rule's ``action``) or a ``[policy] force`` entry sets the
+   action instead of the thresholds; among several, the strictest wins. This is how an
+   allow rule says "accept" and a deny rule says "reject".
+3. **Floors.** What must hold whatever was forced: a ``least`` effect (a rule's ``least``,
+   uninspectable content, a DNS temperror for a domain that enforces DMARC), a
+   ``[policy] force`` entry (a virus, a DMARC reject the site enforces, a banned
+   attachment), and a failing check's ``on_error``. The final action is the strictest of
+   step 2 and every floor, so an allow can lower the score but never lift a virus, a
+   failing check or an uninspectable attachment over the line.
+
+Effects are typed (``Effect``); the policy never reads a finding's ``detail``. An effect with
+``domains`` applies only to mail for those recipient domains, and thresholds may be set per
+domain in [policy.domains]: a message to several domains is decided for each and takes the
+strictest outcome, and the reason says which domain decided.
 """
 
 from __future__ import annotations
@@ -30,13 +45,12 @@ class Policy:
         """The weight of a finding. Error symbols weigh 0: an outage is not evidence of spam."""
         if finding.status is Status.ERROR:
             return 0.0
-        if finding.check == "rules":
-            return float(finding.detail.get("rule_score", 0.0))
+        effect = finding.effect
+        if effect.score is not None:
+            return round(effect.score, 3)
         weight = self.weights.get(finding.symbol, 0.0)
-        # A check may scale its symbol's weight (0..1), e.g. by the model's probability.
-        factor = finding.detail.get("factor")
-        if isinstance(factor, int | float):
-            weight *= min(1.0, max(0.0, float(factor)))
+        if effect.factor is not None:
+            weight *= min(1.0, max(0.0, effect.factor))
         return round(weight, 3)
 
     def decide(self, findings: Iterable[Finding], recipients: Sequence[str] = ()) -> Verdict:
@@ -55,46 +69,51 @@ class Policy:
 
     def _domain_specific(self, findings: list[Finding], domains: list[str]) -> bool:
         return any(d in self.config.domains for d in domains) or any(
-            f.check == "rules" and f.detail.get("domains") for f in findings
+            f.effect.domains for f in findings
         )
 
     def _decide(self, findings: list[Finding], domain: str) -> Verdict:
-        def applies(f: Finding) -> bool:
-            scope = f.detail.get("domains") if f.check == "rules" else None
-            return not scope or domain in scope
-
-        applicable = [f for f in findings if applies(f)]
+        applicable = [f for f in findings if not f.effect.domains or domain in f.effect.domains]
         scored = tuple(
-            ScoredSymbol(f.symbol, self.score(f), f.check, f.status, f.detail) for f in applicable
+            ScoredSymbol(f.symbol, self.score(f), f.check, f.status, f.detail, f.effect)
+            for f in applicable
         )
         total = round(sum(s.score for s in scored), 3)
 
-        force = self.config.forced_actions
-        forced = [(force[s.name], s) for s in scored if s.name in force]
-        forced += [
-            (Action(s.details["rule_action"]), s)
-            for s in scored
-            if s.check == "rules" and s.details.get("active") and "rule_action" in s.details
-        ]
-        if forced:
-            action, symbol = max(forced, key=lambda pair: pair[0].severity)
-            # A check or rule may suggest the text the client sees (e.g. the virus name).
-            reply = symbol.details.get("reply")
-            reason = f"forced by {symbol.name}"
-            return Verdict(action, total, scored, reason, None if reply is None else str(reply))
-
-        failures = [
-            (_ERROR_ACTIONS[self.on_error.get(s.check, "tempfail")], s.check)
-            for s in scored
-            if s.status is Status.ERROR and self.on_error.get(s.check, "tempfail") in _ERROR_ACTIONS
-        ]
-        if failures:
-            action, check = max(failures, key=lambda pair: pair[0].severity)
-            return Verdict(action, total, scored, f"check {check} failed (on_error)")
-
+        # 1. The thresholds.
         action, threshold_name = self.threshold_action(total, domain)
         where = f" for {domain}" if domain in self.config.domains else ""
-        return Verdict(action, total, scored, f"score {total}{threshold_name}{where}")
+        reason, reply = f"score {total}{threshold_name}{where}", None
+
+        # 2. Forces replace the thresholds' answer; the strictest force wins.
+        configured = self.config.forced_actions
+        forces = [(configured[s.name], s) for s in scored if s.name in configured]
+        forces += [(s.effect.force, s) for s in scored if s.effect.force is not None]
+        if forces:
+            action, symbol = max(forces, key=lambda pair: pair[0].severity)
+            reason, reply = f"forced by {symbol.name}", symbol.effect.reply
+
+        # 3. Floors: the strictest of them holds whatever was forced or scored.
+        floors: list[tuple[Action, str, str | None]] = [
+            (configured[s.name], f"forced by {s.name}", s.effect.reply)
+            for s in scored
+            if s.name in configured
+        ]
+        floors += [
+            (s.effect.least, f"at least {s.effect.least.value} by {s.name}", s.effect.reply)
+            for s in scored
+            if s.effect.least is not None
+        ]
+        for s in scored:
+            on_error = self.on_error.get(s.check, "tempfail")
+            if s.status is Status.ERROR and on_error in _ERROR_ACTIONS:
+                reason = f"check {s.check} failed (on_error)"
+                floors.append((_ERROR_ACTIONS[on_error], reason, None))
+        if floors:
+            floor, floor_reason, floor_reply = max(floors, key=lambda f: f[0].severity)
+            if floor.severity > action.severity:
+                action, reason, reply = floor, floor_reason, floor_reply
+        return Verdict(action, total, scored, reason, reply)
 
     def threshold_action(self, total: float, domain: str = "") -> tuple[Action, str]:
         """Map a total score to accept, tag, quarantine or reject (per-domain thresholds)."""

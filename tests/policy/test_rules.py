@@ -13,7 +13,7 @@ from gateway.pipeline import Pipeline, known_symbols
 from gateway.policy.rules import RuleSetError, is_lookalike, load_rules
 from gateway.policy.rules_schema import json_schema
 from gateway.policy.verdict import Policy
-from gateway.types import Action, Finding, Status
+from gateway.types import Action, Effect, Finding, Status
 from tests.checks.golden import offline_settings
 from tests.checks.test_content import PE
 from tests.messages import with_attachments, zip_bytes
@@ -153,7 +153,7 @@ def test_per_domain_policy_takes_the_strictest_and_says_why(ruleset):
     )
     assert policy().decide([finding], ["b@relaxed.test"]).action is Action.ACCEPT
     # Per-domain thresholds: 3 points quarantine mail to vip.test, only tag elsewhere.
-    weight = Finding("rules", "X_RULE", Status.FAIL, {"rule_score": 6.0, "mode": "active"})
+    weight = Finding("rules", "X_RULE", Status.FAIL, {"mode": "active"}, Effect(score=6.0))
     tight = policy(**{"vip.test": {"quarantine": 3, "reject": 20}})
     verdict = tight.decide([weight], ["a@vip.test", "b@other.test"])
     assert verdict.action is Action.QUARANTINE
