@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -93,7 +96,42 @@ class DmarcResult:
     reason: str = ""
 
 
-async def find_record(client: DnsClient, from_domain: str) -> tuple[DmarcRecord | None, str]:
+class KnownPolicies:
+    """The DMARC policy last seen for each From domain, kept past the record's TTL.
+
+    When DNS fails, this is how the gateway knows that a domain enforces DMARC (p=reject or
+    quarantine) and that mail claiming to come from it must be deferred, not waved through.
+    Bounded (least recently seen out first) and forgotten after ``keep`` seconds.
+    """
+
+    def __init__(self, size: int = 10000, keep: float = 7 * 86400.0) -> None:
+        self.size = size
+        self.keep = keep
+        self._seen: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, from_domain: str, policy: str) -> None:
+        """Note the policy that applies to mail from ``from_domain``."""
+        with self._lock:
+            self._seen[from_domain] = (time.monotonic() + self.keep, policy)
+            self._seen.move_to_end(from_domain)
+            while len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+
+    def get(self, from_domain: str) -> str | None:
+        """The policy last seen for the domain (or its organizational domain), if recent."""
+        domain = from_domain.lower().rstrip(".")
+        with self._lock:
+            for name in (domain, organizational_domain(domain)):
+                entry = self._seen.get(name)
+                if entry is not None and entry[0] > time.monotonic():
+                    return entry[1]
+        return None
+
+
+async def find_record(
+    client: DnsClient, from_domain: str, known: KnownPolicies | None = None
+) -> tuple[DmarcRecord | None, str]:
     """Look up _dmarc.<domain>, then _dmarc.<organizational domain> (RFC 7489 6.6.3)."""
     candidates = [from_domain]
     org = organizational_domain(from_domain)
@@ -105,8 +143,12 @@ async def find_record(client: DnsClient, from_domain: str) -> tuple[DmarcRecord 
         if len(records) == 1:
             record = parse_record(records[0])
             if record is not None:
+                if known is not None:
+                    known.remember(from_domain, record.p if domain == from_domain else record.sp)
                 return record, domain
         # Several records, or an unusable one: as if none were published (RFC 7489 6.6.3).
+    if known is not None:
+        known.remember(from_domain, "none")
     return None, ""
 
 
@@ -117,15 +159,21 @@ async def evaluate(
     spf_domain: str,
     dkim_pass_domains: Sequence[str],
     rng: random.Random | None = None,
+    known: KnownPolicies | None = None,
+    auth_temperror: bool = False,
 ) -> DmarcResult:
-    """DMARC for the RFC5322.From domain, given the SPF and DKIM results."""
+    """DMARC for the RFC5322.From domain, given the SPF and DKIM results.
+
+    With ``auth_temperror`` (SPF or a DKIM key lookup failed temporarily) a message without
+    an aligned pass is a temperror, not a fail: the pass may be what the failure hid.
+    """
     domains = sorted({d.lower().rstrip(".") for d in from_domains if d})
     if len(domains) != 1:
         reason = "no From domain" if not domains else "several From domains"
         return DmarcResult("permerror", ",".join(domains), reason=reason)
     from_domain = domains[0]
     try:
-        record, record_domain = await find_record(client, from_domain)
+        record, record_domain = await find_record(client, from_domain, known)
     except DnsTempError as exc:
         return DmarcResult("temperror", from_domain, reason=str(exc))
     if record is None:
@@ -145,6 +193,9 @@ async def evaluate(
     )
     if spf_ok or dkim_ok:
         return base
+    if auth_temperror:
+        reason = "no aligned pass, and SPF or DKIM had a DNS temperror"
+        return replace(base, result="temperror", reason=reason)
     # pct sampling is a policy choice, not a secret: the stdlib generator is fine.
     sampled = record.pct >= 100 or (rng or random).random() * 100 < record.pct
     policy = published if sampled else _MILDER[published]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field
 
@@ -27,7 +27,7 @@ from gateway.checks.base import parse_section
 from gateway.clients.dns import CachedAnswers, DnsBridge, DnsClient, DnsTempError
 from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
-from gateway.types import Finding, Status
+from gateway.types import Action, Effect, Finding, Status
 
 
 class AuthConfig(CheckConfig):
@@ -42,6 +42,11 @@ class AuthConfig(CheckConfig):
     min_key_bits: int = Field(default=1024, ge=512)
     # Sealers whose passing ARC chain lifts a DMARC quarantine/reject (mailing lists you trust).
     arc_trusted_sealers: list[str] = Field(default_factory=list)
+    # What a DNS temperror in SPF, DKIM or DMARC does (as Haraka's "defer temperror"):
+    # "dmarc" defers (4xx) when the From domain is known, from the last answer seen, to
+    # publish p=reject or p=quarantine, since a blocked or failing DNS must not let mail
+    # spoofing such a domain through; "tempfail" always defers; "score" only scores.
+    on_temperror: Literal["dmarc", "tempfail", "score"] = "dmarc"
 
 
 _SPF = {
@@ -87,10 +92,12 @@ class AuthCheck:
         "ARC_PASS": "The ARC chain validates (RFC 8617)",
         "ARC_FAIL": "The ARC chain is broken",
         "ARC_NONE": "No ARC chain",
+        "AUTH_TEMPFAIL": "A DNS temperror kept SPF, DKIM or DMARC from an answer (on_temperror)",
     }
     config: AuthConfig
     dns: DnsClient
     authserv_id: str
+    known_policies: dmarc_module.KnownPolicies = field(default_factory=dmarc_module.KnownPolicies)
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
@@ -132,7 +139,9 @@ class AuthCheck:
             if cfg.dmarc and len(set(from_domains)) == 1:
                 # evaluate() asks again and reports a temperror itself.
                 with contextlib.suppress(DnsTempError):
-                    await dmarc_module.find_record(self.dns, from_domains[0].lower())
+                    await dmarc_module.find_record(
+                        self.dns, from_domains[0].lower(), self.known_policies
+                    )
 
         spf_result, dkim_results, arc_result, _ = await asyncio.gather(
             spf(), dkim(), arc(), prefetch_dmarc()
@@ -145,6 +154,11 @@ class AuthCheck:
                 spf_result.result if spf_result else "none",
                 spf_result.domain if spf_result else "",
                 [d.domain for d in dkim_results or () if d.status == "valid"],
+                known=self.known_policies,
+                auth_temperror=bool(
+                    (spf_result and spf_result.result == "temperror")
+                    or any(d.status == "temperror" for d in dkim_results or ())
+                ),
             )
         ctx.added_headers.append(
             (
@@ -154,12 +168,31 @@ class AuthCheck:
                 ),
             )
         )
-        return [
+        findings = [
             *self._spf(spf_result),
             *self._dkim(dkim_results),
             *self._arc(arc_result),
             *self._dmarc(dmarc_result, arc_result),
         ]
+        return [*findings, *self._temperror(findings, from_domains)]
+
+    def _temperror(self, findings: list[Finding], from_domains: list[str]) -> list[Finding]:
+        """AUTH_TEMPFAIL (a 4xx floor) when a temperror hid the answer and on_temperror says so."""
+        failed = [f.symbol for f in findings if f.status is Status.TEMPERROR]
+        mode = self.config.on_temperror
+        if not failed or mode == "score":
+            return []
+        detail: dict[str, Any] = {"temperrors": failed}
+        if mode == "dmarc":
+            domains = {d.lower() for d in from_domains}
+            known = self.known_policies.get(domains.pop()) if len(domains) == 1 else None
+            if known not in ("reject", "quarantine"):
+                return []
+            detail["known_policy"] = known
+        return [
+            Finding(self.name, "AUTH_TEMPFAIL", Status.TEMPERROR, detail,
+                    Effect(least=Action.TEMPFAIL))
+        ]  # fmt: skip
 
     def _spf(self, result: SpfResult | None) -> list[Finding]:
         if result is None:
@@ -224,14 +257,10 @@ class AuthCheck:
             # A list we trust vouches for the original authentication (RFC 8617 7.2).
             detail["overridden_by_arc"] = arc.sealer
             return findings
-        policy_detail = {
-            "from_domain": result.from_domain,
-            "policy": result.policy,
-            "reply": f"Rejected by the DMARC policy of {result.from_domain}",
-        }
-        findings.append(
-            Finding(self.name, f"DMARC_POLICY_{result.policy.upper()}", Status.FAIL, policy_detail)
-        )
+        policy_detail = {"from_domain": result.from_domain, "policy": result.policy}
+        reply = Effect(reply=f"Rejected by the DMARC policy of {result.from_domain}")
+        symbol = f"DMARC_POLICY_{result.policy.upper()}"
+        findings.append(Finding(self.name, symbol, Status.FAIL, policy_detail, reply))
         return findings
 
     async def aclose(self) -> None:
