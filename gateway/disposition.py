@@ -8,16 +8,21 @@ from gateway.auth.results import strip_forged
 from gateway.message import iter_header_fields, split_header_block
 from gateway.types import Action, Status, Verdict
 
-# Headers we own: a copy arriving from outside is a forgery and is removed before we add ours.
-OWN_HEADERS = frozenset(
-    {
-        b"x-mailmoat-score",
-        b"x-mailmoat-action",
-        b"x-mailmoat-symbols",
-        b"x-mailmoat-id",
-        b"x-spam-flag",
-    }
+# Every header the gateway adds to a message it passes on (Authentication-Results aside:
+# a forged one is recognised by our authserv-id, see stamp). A copy arriving from outside is
+# a forgery and is removed before we add ours. tests/test_disposition.py fails when a header
+# is added anywhere in gateway/ without being listed here.
+ADDED_HEADERS = (
+    "X-Mailmoat-Id",
+    "X-Mailmoat-Score",
+    "X-Mailmoat-Action",
+    "X-Mailmoat-Symbols",
+    "X-Mailmoat-Unscanned",
+    "X-Spam-Flag",
 )
+OWN_HEADERS = frozenset(name.lower().encode("ascii") for name in ADDED_HEADERS)
+# Any X-Mailmoat-* field is ours, listed or not (an older or newer version's).
+OWN_PREFIX = b"x-mailmoat-"
 _MAX_SYMBOLS_HEADER = 900
 
 
@@ -26,7 +31,9 @@ def strip_headers(raw: bytes, names: Iterable[bytes]) -> bytes:
     drop = {n.lower() for n in names}
     block, body = split_header_block(raw)
     kept = [
-        text for name, text in iter_header_fields(block) if name is None or name.lower() not in drop
+        text
+        for name, text in iter_header_fields(block)
+        if name is None or (name.lower() not in drop and not name.lower().startswith(OWN_PREFIX))
     ]
     return b"".join(kept) + body
 
