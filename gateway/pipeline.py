@@ -20,6 +20,9 @@ from gateway.types import Finding, Status, Verdict
 log = logging.getLogger(__name__)
 
 PARSE_IN_THREAD_BYTES = 1 << 20
+# The stdlib MIME parser costs more than linear time in the nesting depth (bench.parsers):
+# a message declaring this many multiparts is parsed in a thread, whatever its size.
+PARSE_IN_THREAD_MULTIPARTS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +99,11 @@ class Pipeline:
         started = time.perf_counter()
         # Parse once, up front, so no check pays for it and none parses again. A big message
         # is parsed in a thread so other sessions are not stalled meanwhile.
-        if len(envelope.raw) > PARSE_IN_THREAD_BYTES:
+        raw = envelope.raw
+        if (
+            len(raw) > PARSE_IN_THREAD_BYTES
+            or raw.count(b"ultipart/") + raw.count(b"ULTIPART/") > PARSE_IN_THREAD_MULTIPARTS
+        ):
             await asyncio.to_thread(getattr, ctx, "message")
         else:
             _ = ctx.message
