@@ -22,6 +22,7 @@ from gateway.errors import ConfigError, GatewayError, UnknownIdError
 from gateway.events import EventFilter, SecurityEvent, SqliteStore, parse_time
 from gateway.pipeline import Pipeline
 from gateway.quarantine import Quarantine
+from gateway.smtp.limits import ConnectionCounts
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"server.listen: cannot listen on {settings.server.listen}: {exc}"
         ) from exc
-    return run_workers(
-        workers, lambda worker: _serve_one(settings, config_path, worker, sock), settings, sock
-    )
+    # The last good pipeline, kept here: a worker that dies is forked again from it, so a
+    # model or rule file broken on disk since the start cannot keep it from coming back.
+    current_settings, current_pipeline = settings, Pipeline.from_settings(settings)
+
+    def reload() -> None:
+        nonlocal current_settings, current_pipeline
+        try:
+            new_settings = load_settings(config_path) if config_path else settings
+            current_pipeline = Pipeline.from_settings(new_settings)
+            current_settings = new_settings
+        except (ConfigError, OSError, UnicodeError) as exc:
+            log.error("reload refused in the parent, new workers keep the last good: %s", exc)
+
+    counts = ConnectionCounts(workers)
+
+    def work(worker: int) -> None:
+        counts.worker = worker
+        _serve_one(current_settings, config_path, worker, sock, current_pipeline, counts)
+
+    return run_workers(workers, work, settings, sock, reload, counts.clear)
 
 
 def _serve_one(
-    settings: Settings, config_path: Path | None, worker: int, sock: socket.socket | None = None
+    settings: Settings,
+    config_path: Path | None,
+    worker: int,
+    sock: socket.socket | None = None,
+    pipeline: Pipeline | None = None,
+    counts: ConnectionCounts | None = None,
 ) -> None:
     from gateway.service import Gateway
     from gateway.smtp.server import serve
 
-    gateway = Gateway(settings, config_path)
+    gateway = Gateway(settings, config_path, pipeline)
     # What is loaded now (the model: millions of objects) lives as long as the process: out
     # of the collector's sight, a full collection takes 8 ms instead of 90 ms, during which
     # every session of this worker waits.
@@ -90,7 +113,7 @@ def _serve_one(
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        runner.run(serve(gateway, worker=worker, sock=sock))
+        runner.run(serve(gateway, worker=worker, sock=sock, counts=counts))
 
 
 # --- scan -----------------------------------------------------------------------------

@@ -45,11 +45,17 @@ def file_digest(path: Path) -> str:
 class Gateway:
     """Everything a message needs after SMTP: build once, reload the pipeline on SIGHUP."""
 
-    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: Path | None = None,
+        pipeline: Pipeline | None = None,
+    ) -> None:
         self.settings = settings
         self.config_path = config_path
         self.hostname = settings.server.identity
-        self.pipeline = Pipeline.from_settings(settings)
+        # A worker forked by the parent starts from the parent's last good pipeline.
+        self.pipeline = pipeline if pipeline is not None else Pipeline.from_settings(settings)
         self.versions = self._versions(self.pipeline)
         self.backend: Backend = make_backend(settings.backend, self.hostname)
         self.store = SqliteStore(settings.store.database, checkpoint_every=CHECKPOINT_EVERY)
@@ -126,7 +132,11 @@ class Gateway:
         try:
             settings = load_settings(self.config_path) if self.config_path else self.settings
             pipeline = Pipeline.from_settings(settings)
-        except ConfigError as exc:
+        except Exception as exc:
+            # Whatever broke (a config error, an unreadable file, a bug in a loader), the
+            # pipeline in service stays, and the refusal is an event, not a dead task.
+            if not isinstance(exc, ConfigError):
+                log.exception("reload failed unexpectedly")
             log.error("reload refused, keeping the pipeline in service: %s", exc)
             await self.record(
                 SecurityEvent(id=event_id, kind="reload_failed", reason=str(exc)[:2000])

@@ -2,9 +2,13 @@
 
 The parent binds the socket, forks the workers before any of them opens the store, forwards
 SIGTERM, SIGINT and SIGHUP to every worker, writes the pid file, and exits when all have
-drained. A worker that dies unexpectedly is logged and forked again (a few times a minute
-at most); the others keep serving meanwhile. On SIGTERM the parent closes its copy of the
-socket, so that once the workers stop listening connections are refused, not queued.
+drained. A worker that dies unexpectedly is logged and forked again, forever, after a delay
+that doubles with each death in a row (0.5 s up to 30 s) and starts again from 0.5 s once a
+worker has lived a minute; the others keep serving meanwhile. The parent holds the last good
+pipeline (checks, model, rules) in memory and a new worker is forked from it, so a model or
+rule file broken on disk cannot keep workers from starting; SIGHUP reloads it (``reload``),
+keeping the old one when the new one does not load. On SIGTERM the parent closes its copy
+of the socket, so that once the workers stop listening connections are refused, not queued.
 """
 
 from __future__ import annotations
@@ -23,19 +27,37 @@ from gateway.config import Settings
 log = logging.getLogger(__name__)
 
 
-# A worker that dies is forked again, but at most this many times a minute: one that dies
-# at start every time (a broken disk, say) is not restarted in a loop.
-MAX_RESTARTS = 5
-RESTART_WINDOW = 60.0
+# A worker that dies is forked again after a delay: FIRST_DELAY, doubled for each death in a
+# row up to MAX_DELAY, so one that dies at start every time (a broken disk, say) is retried
+# without spinning. A worker that lived HEALTHY_AFTER seconds starts the count again.
+FIRST_DELAY = 0.5
+MAX_DELAY = 30.0
+HEALTHY_AFTER = 60.0
+
+
+def restart_delay(deaths_in_a_row: int) -> float:
+    """Seconds to wait before forking a worker that died ``deaths_in_a_row`` times."""
+    return float(min(MAX_DELAY, FIRST_DELAY * 2.0 ** max(0, deaths_in_a_row - 1)))
 
 
 def run_workers(
-    count: int, work: Callable[[int], None], settings: Settings, listener: socket.socket
+    count: int,
+    work: Callable[[int], None],
+    settings: Settings,
+    listener: socket.socket,
+    reload: Callable[[], None] | None = None,
+    forget: Callable[[int], None] | None = None,
 ) -> int:
-    """Fork ``count`` workers running ``work(index)``; return when they have all exited."""
+    """Fork ``count`` workers running ``work(index)``; return when they have all exited.
+
+    ``reload`` runs in the parent on SIGHUP, after the signal went to the workers;
+    ``forget(index)`` when a worker died, to clear what it held in shared memory.
+    """
     children: dict[int, int] = {}
+    started: dict[int, float] = {}  # index -> when its worker was forked
+    deaths: dict[int, int] = {}  # index -> deaths in a row
+    pending: dict[int, float] = {}  # index -> when to fork it again
     stopping = False
-    restarts: list[float] = []
 
     def spawn(index: int) -> None:
         pid = os.fork()
@@ -53,6 +75,7 @@ def run_workers(
                 sys.stderr.flush()
             os._exit(status)
         children[pid] = index
+        started[index] = time.monotonic()
         if stopping:  # a SIGTERM that came during the fork did not reach this one
             os.kill(pid, signal.SIGTERM)
 
@@ -74,17 +97,23 @@ def run_workers(
         for pid in children:
             with contextlib.suppress(ProcessLookupError):  # already gone
                 os.kill(pid, signum)
+        if stopping:
+            pending.clear()
+        elif signum == signal.SIGHUP and reload is not None:
+            reload()  # what the next forked worker starts from
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     failures = 0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
+    while children or pending:
+        for index, due in sorted(pending.items(), key=lambda kv: kv[1]):
+            if due <= time.monotonic() and not stopping:
+                del pending[index]
+                spawn(index)
+        reaped = _reap(min(pending.values(), default=None))
+        if reaped is None:
             continue
+        pid, status = reaped
         index = children.pop(pid, -1)
         code = os.waitstatus_to_exitcode(status)
         if stopping or index < 0:
@@ -92,23 +121,39 @@ def run_workers(
                 failures += 1
                 log.error("worker %d (pid %d) exited with %s", index, pid, code)
             continue
+        if forget is not None:
+            forget(index)
         now = time.monotonic()
-        restarts[:] = [t for t in restarts if now - t < RESTART_WINDOW]
-        if len(restarts) < MAX_RESTARTS:
-            restarts.append(now)
-            log.error("worker %d (pid %d) died (%s); starting it again", index, pid, code)
-            spawn(index)
-        else:
-            failures += 1
-            log.error(
-                "worker %d (pid %d) died (%s) after %d restarts in %.0f s; not restarted",
-                index,
-                pid,
-                code,
-                MAX_RESTARTS,
-                RESTART_WINDOW,
-            )
+        lived = now - started.get(index, now)
+        deaths[index] = 1 if lived >= HEALTHY_AFTER else deaths.get(index, 0) + 1
+        delay = restart_delay(deaths[index])
+        pending[index] = now + delay
+        log.error(
+            "worker %d (pid %d) died (%s) after %.1f s; starting it again in %.1f s "
+            "(%d deaths in a row)",
+            index, pid, code, lived, delay, deaths[index],
+        )  # fmt: skip
     listener.close()
     if pid_file is not None:
         pid_file.unlink(missing_ok=True)
     return 1 if failures else 0
+
+
+def _reap(due: float | None) -> tuple[int, int] | None:
+    """Wait for a worker to exit: until one does, or until ``due`` (monotonic) if given."""
+    if due is None:
+        try:
+            return os.wait()
+        except ChildProcessError:
+            return None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = 0, 0
+        if pid:
+            return pid, status
+        remaining = due - time.monotonic()
+        if remaining <= 0:
+            return None
+        time.sleep(min(0.05, remaining))
