@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ from gateway.relay import Backend, BackendSession
 from gateway.service import Gateway
 from gateway.smtp import replies
 from gateway.smtp.handler import ProxyHandler
+from gateway.smtp.limits import ConnectionCounts
 
 log = logging.getLogger(__name__)
 # Connections the kernel queues before a worker accepts them (asyncio's default is 100): a
@@ -35,7 +35,8 @@ class ServerState:
 
     draining: bool = False
     protocols: set[MailmoatSMTP] = field(default_factory=set)
-    per_ip: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Shared by the workers of a node (gateway.smtp.limits), or this process's own.
+    per_ip: ConnectionCounts = field(default_factory=ConnectionCounts)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -122,20 +123,18 @@ class MailmoatSMTP(SMTP):
             self.refusal = replies.S421_SHUTTING_DOWN
         elif len(state.protocols) >= cfg.max_connections:
             self.refusal = replies.S421_TOO_MANY_CONNECTIONS
-        elif state.per_ip[self.client_ip] >= cfg.max_connections_per_ip:
+        elif state.per_ip.count(self.client_ip) >= cfg.max_connections_per_ip:
             self.refusal = replies.S421_TOO_MANY_FROM_IP
         else:
             state.protocols.add(self)
-            state.per_ip[self.client_ip] += 1
+            state.per_ip.add(self.client_ip, 1)
             self.registered = True
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.registered:
             self.registered = False
             self.state.protocols.discard(self)
-            self.state.per_ip[self.client_ip] -= 1
-            if self.state.per_ip[self.client_ip] <= 0:
-                del self.state.per_ip[self.client_ip]
+            self.state.per_ip.add(self.client_ip, -1)
             if not self.state.protocols:
                 self.state.idle.set()
         if self.backend is not None:
@@ -241,9 +240,9 @@ class MailmoatSMTP(SMTP):
 class SmtpServer:
     """Listens, serves, and drains gracefully."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, counts: ConnectionCounts | None = None) -> None:
         self.gateway = gateway
-        self.state = ServerState()
+        self.state = ServerState() if counts is None else ServerState(per_ip=counts)
         self.handler = ProxyHandler(gateway)
         self.server: asyncio.Server | None = None
         self.tls_context = _tls_context(gateway.settings.server)
@@ -326,9 +325,10 @@ async def serve(
     ready: asyncio.Event | None = None,
     worker: int = 0,
     sock: socket.socket | None = None,
+    counts: ConnectionCounts | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT (drain, then stop); SIGHUP reloads the pipeline."""
-    server = SmtpServer(gateway)
+    server = SmtpServer(gateway, counts)
     await server.start(sock)
     gateway.metrics.sessions.set_function(lambda: len(server.state.protocols))
     metrics_server = None
