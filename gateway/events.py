@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import sqlite3
 import threading
 import time
@@ -156,6 +157,13 @@ CREATE TABLE IF NOT EXISTS users (
     created REAL NOT NULL,
     disabled INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user);
 CREATE TABLE IF NOT EXISTS event_symbols (
     event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
     symbol TEXT NOT NULL,
@@ -488,7 +496,10 @@ class SqliteStore:
         return result
 
     def add_user(self, name: str, password_hash: str, role: str) -> None:
-        """Create or replace a console user (the hash comes from argon2, never a password)."""
+        """Create or replace a console user (the hash comes from argon2, never a password).
+
+        Replacing a user (a new password) ends every session they had.
+        """
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO users (name, hash, role, created, disabled) VALUES (?, ?, ?, ?, 0)"
@@ -496,6 +507,31 @@ class SqliteStore:
                 " disabled = 0",
                 (name, password_hash, role, time.time()),
             )
+            db.execute("DELETE FROM sessions WHERE user = ?", (name,))
+
+    def start_session(self, user: str, seconds: float) -> str:
+        """A new console session for ``user``; its id is the only thing the cookie holds."""
+        session_id = secrets.token_urlsafe(32)
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("DELETE FROM sessions WHERE expires < ?", (now,))
+            db.execute(
+                "INSERT INTO sessions (id, user, created, expires) VALUES (?, ?, ?, ?)",
+                (session_id, user, now, now + seconds),
+            )
+        return session_id
+
+    def session_user(self, session_id: str) -> str | None:
+        """The user of a live session, or None when it ended, expired or never was."""
+        rows = self.query(
+            "SELECT user FROM sessions WHERE id = ? AND expires >= ?", (session_id, time.time())
+        )
+        return str(rows[0]["user"]) if rows else None
+
+    def end_session(self, session_id: str) -> None:
+        """Log one session out, server-side (the cookie is worthless from now on)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
 
     def user(self, name: str) -> dict[str, Any] | None:
         """One user's row, or None."""
@@ -518,6 +554,8 @@ class SqliteStore:
                 db.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
             if disabled is not None:
                 db.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), name))
+                # Disabling ends every session; enabling again does not bring them back.
+                db.execute("DELETE FROM sessions WHERE user = ?", (name,))
 
     def find_by_message_id(self, message_id: str) -> list[str]:
         """Ids of message events with this Message-ID (newest first)."""
@@ -672,7 +710,10 @@ def parse_time(text: str, now: float | None = None) -> float:
     """Parse '2h', '7d' (ago) or an ISO 8601 time into a Unix timestamp."""
     match = _RELATIVE.match(text.strip())
     if match:
-        delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError as exc:  # 99999999999999d: past what a date can say
+            raise ValueError(f"invalid time {text!r}: too far back") from exc
         return (now if now is not None else time.time()) - delta.total_seconds()
     try:
         moment = datetime.fromisoformat(text.strip())

@@ -94,6 +94,20 @@ class Console:
         )
         return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
+    async def session_user(self, request: Request) -> dict[str, Any] | None:
+        """The user of this request's session, if the session is still live server-side.
+
+        The signed cookie alone is not enough: logout, a new password and disabling the
+        user end the session in the store, and a cookie kept from before is then refused.
+        """
+        sid = request.session.get("sid")
+        if not sid:
+            return None
+        name = await asyncio.to_thread(self.store.session_user, str(sid))
+        if name is None or name != request.session.get("user"):
+            return None
+        return await asyncio.to_thread(self.store.user, name)
+
     async def audit(self, request: Request, what: str, target: str = "", **details: Any) -> None:
         """Who did what, when, from where: one audit event per action."""
         event = SecurityEvent(
@@ -118,8 +132,7 @@ def needs(
     ) -> Callable[[Console], Handler]:
         def bind(console: Console) -> Handler:
             async def handler(request: Request) -> Response:
-                name = request.session.get("user")
-                user = await asyncio.to_thread(console.store.user, name) if name else None
+                user = await console.session_user(request)
                 if user is None or user["disabled"]:
                     request.session.clear()
                     return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", 303)
@@ -181,8 +194,10 @@ async def login(console: Console, request: Request) -> Response:
             request, "login.html", 401, error="Wrong user name or password.", next=target
         )
     request.session.clear()  # a new session on login (no fixation)
+    seconds = console.settings.web.session_hours * 3600
+    sid = await asyncio.to_thread(console.store.start_session, user["name"], seconds)
     request.session.update({"user": user["name"], "role": user["role"], "csrf": new_token(),
-                            "since": time.time()})  # fmt: skip
+                            "since": time.time(), "sid": sid})  # fmt: skip
     await console.audit(request, "login", name)
     return RedirectResponse(target, 303)
 
@@ -190,6 +205,9 @@ async def login(console: Console, request: Request) -> Response:
 @needs("viewer")
 async def logout(console: Console, request: Request) -> Response:
     await console.audit(request, "logout")
+    sid = request.session.get("sid")
+    if sid:
+        await asyncio.to_thread(console.store.end_session, str(sid))
     request.session.clear()
     return RedirectResponse("/login", 303)
 
