@@ -130,6 +130,15 @@ class MailmoatSMTP(SMTP):
             state.per_ip.add(self.client_ip, 1)
             self.registered = True
 
+    def eof_received(self) -> bool | None:
+        # aiosmtpd stops reading at EOF but keeps the transport half-open, so a client that
+        # closed its side held a connection slot (per IP too) until the command timeout.
+        # It has nothing more to say: close ours, freeing the slot now.
+        super().eof_received()
+        if self.transport is not None:
+            self.transport.close()
+        return False
+
     def connection_lost(self, error: Exception | None) -> None:
         if self.registered:
             self.registered = False
