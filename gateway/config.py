@@ -135,7 +135,11 @@ class BackendConfig(FrozenModel):
     helo: str = ""
     connect_timeout: PositiveFloat = 10.0
     command_timeout: PositiveFloat = 30.0
-    data_timeout: PositiveFloat = 120.0
+    # How long the backend may take to answer the end of data. Giving up earlier than the
+    # client would (RFC 5321 4.5.3.2.6: 10 minutes) answers 451 while the backend may still
+    # deliver, and the retry is a duplicate: 480 s leaves room for the scan within the
+    # client's 600 s. A duplicate is the safe side of that race (RFC 5321 6.1), a loss is not.
+    data_timeout: PositiveFloat = 480.0
     path: Path = Path("var/maildir")
 
 

@@ -275,7 +275,8 @@ class MaildirSession:
             for path in delivered:
                 with contextlib.suppress(OSError):
                     path.unlink()
-            raise RelayError(f"maildir delivery failed: {exc.strerror}") from exc
+            # A full or read-only disk is our store failing, not a lost connection: 4.3.0.
+            return Reply(451, f"4.3.0 Could not store the message: {exc.strerror or exc}")
         finally:
             self.recipients = []
         return Reply(250, "2.0.0 delivered to maildir")

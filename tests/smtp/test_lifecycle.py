@@ -238,7 +238,7 @@ async def test_maildir_write_failure_gives_451(config_factory, tmp_path):
                 await client.sendmail("a@sender.test", ["bob@example.test"], message())
         assert failed.value.code == 451
         [event] = gw.events(kind="message")
-        assert event.smtp_reply.startswith("451 4.4.2")
+        assert event.smtp_reply.startswith("451 4.3.0")
 
 
 async def test_maildir_failure_for_one_recipient_leaves_no_copy(config_factory, tmp_path):
