@@ -20,7 +20,7 @@ from gateway.config import Settings, load_settings
 from gateway.context import Envelope, ScanContext, new_connection_id
 from gateway.errors import ConfigError, GatewayError, UnknownIdError
 from gateway.events import EventFilter, SecurityEvent, SqliteStore, parse_time
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, policy_problems
 from gateway.quarantine import Quarantine
 from gateway.smtp.limits import ConnectionCounts
 
@@ -196,8 +196,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     pipeline = Pipeline.from_settings(settings)
+    problems = policy_problems(settings, pipeline.rules)
     origin = args.config or "embedded defaults"
-    print(f"{origin}: OK")
+    print(f"{origin}: {'OK' if not problems else f'{len(problems)} error(s)'}")
     print(f"  listen   {settings.server.listen}")
     backend = settings.backend
     where = f"{backend.host}:{backend.port}" if backend.kind == "smtp" else str(backend.path)
@@ -213,7 +214,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     policy = settings.policy
     thresholds = f"tag>={policy.tag:g} quarantine>={policy.quarantine:g} reject>={policy.reject:g}"
     print(f"  policy   {thresholds}")
-    return 0
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 # --- events ---------------------------------------------------------------------------

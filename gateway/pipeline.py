@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import time
 from collections.abc import Sequence
@@ -40,6 +41,32 @@ def known_symbols(checks: Sequence[Check]) -> set[str]:
     for cls in REGISTRY:
         symbols.update(cls.symbols)
     return symbols
+
+
+def policy_problems(settings: Settings, rules: RuleSet | None) -> list[str]:
+    """Symbols in scores.toml or [policy] force that nothing emits: a typo acts on nothing.
+
+    ``VIRUS_FUOND = "score"`` would leave the virus forced and look like it did not.
+    """
+    known = known_symbols([]) | set(rules.names if rules is not None else ())
+    problems = []
+    scores_file = settings.policy.scores_file
+    for symbol in load_scores(scores_file):
+        if symbol not in known:
+            problems.append(
+                f"{scores_file}: {symbol}: no check emits this symbol{_near(symbol, known)}"
+            )
+    for symbol in settings.policy.force:
+        if symbol not in known:
+            problems.append(
+                f"[policy] force: {symbol}: nothing emits this symbol{_near(symbol, known)}"
+            )
+    return problems
+
+
+def _near(symbol: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(symbol, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def build_checks(settings: Settings) -> list[Check]:
@@ -90,6 +117,8 @@ class Pipeline:
             for warning in rules.warnings:
                 log.warning("%s", warning)
             log.info("rules: %d loaded, version %s", len(rules.rules), rules.version)
+        for problem in policy_problems(settings, rules):
+            log.warning("%s", problem)
         return cls(checks, policy, rules)
 
     async def scan(self, ctx: ScanContext, explain: bool = False) -> ScanResult:
