@@ -327,3 +327,52 @@ def test_secrets_never_reach_the_log_or_the_audit_trail(console, browser, caplog
     recorded = json.dumps([e.to_dict() for e in audits]) + caplog.text
     for secret in (PASSWORD, wrong, settings.web.secret_file.read_text().strip()):
         assert secret not in recorded
+
+
+def test_sessions_end_server_side_on_logout_new_password_and_disable(console, browser):
+    """A cookie copied before logout, a password change or disabling no longer opens pages."""
+    base, settings = console
+    store = store_of(settings)
+    store.add_user("sam", hash_password(PASSWORD), "viewer")
+
+    def stolen_copy(context):
+        thief = browser.new_context()
+        thief.add_cookies(context.cookies())
+        return thief
+
+    def opens_events(context) -> bool:
+        return context.request.get(f"{base}/events", max_redirects=0).status == 200
+
+    # Logout: the copy taken before is refused once the owner logs out.
+    context, page = login(browser, base, "sam")
+    thief = stolen_copy(context)
+    assert opens_events(thief)
+    page.click("nav form button")
+    page.wait_for_url(f"{base}/login")
+    assert not opens_events(thief)
+    thief.close()
+    context.close()
+    # A new password ends every session of the user.
+    context, _ = login(browser, base, "sam")
+    assert opens_events(context)
+    store.add_user("sam", hash_password("another long password"), "viewer")
+    assert not opens_events(context)
+    context.close()
+    # Disabling ends them, and enabling again does not bring them back.
+    store.add_user("sam", hash_password(PASSWORD), "viewer")
+    context, _ = login(browser, base, "sam")
+    store.set_user("sam", disabled=True)
+    store.set_user("sam", disabled=False)
+    assert not opens_events(context)
+    context.close()
+    store.close()
+
+
+def test_absurd_times_are_a_message_not_a_500(console, browser):
+    base, _ = console
+    context, page = login(browser, base, "vic")
+    for since in ("99999999999999d", "9" * 5000 + "d", "2026-13-45"):
+        response = context.request.get(f"{base}/events?since={since}")
+        assert response.status == 200, since
+        assert "Times are like 24h" in response.text()
+    context.close()
