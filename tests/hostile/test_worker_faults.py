@@ -38,6 +38,15 @@ def rules_dir(tmp_path):
     return rules
 
 
+async def until(predicate, timeout: float = 20.0) -> None:
+    """Poll ``predicate`` (run in a thread: it reads files) until it holds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await asyncio.to_thread(predicate):
+                return
+            await asyncio.sleep(0.2)
+
+
 async def two_workers(proc, timeout: float = 30.0) -> list[int]:
     async with asyncio.timeout(timeout):
         while True:
@@ -54,6 +63,11 @@ async def replaced(proc, gone: int, timeout: float = 30.0) -> list[int]:
             if len(children) == 2 and gone not in children:
                 return children
             await asyncio.sleep(0.1)
+
+
+def readyz(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as answer:
+        return int(answer.status)
 
 
 def kinds(store_dir) -> list[str]:
@@ -74,7 +88,8 @@ async def test_workers_come_back_while_the_rules_on_disk_are_broken(sink, config
     port, metrics = free_port(), free_port()
     config = config_factory(
         sink.port,
-        server={"listen": f"127.0.0.1:{port}", "workers": 2, "metrics_listen": f"127.0.0.1:{metrics}"},
+        server={"listen": f"127.0.0.1:{port}", "workers": 2,
+                "metrics_listen": f"127.0.0.1:{metrics}"},
         rules={"enabled": True, "paths": [str(rules)]},
     )  # fmt: skip
     proc = await start_process(config)
@@ -91,18 +106,14 @@ async def test_workers_come_back_while_the_rules_on_disk_are_broken(sink, config
         await wait_for_port(port)
         assert (await send_message(port, message(subject="promo"))).code == 250
         await wait_for_port(metrics)
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=10) as ready:
-            assert ready.status == 200
+        ready = await asyncio.to_thread(readyz, metrics)
+        assert ready == 200
         # SIGHUP with the file still broken: refused with an event, workers keep serving.
         proc.send_signal(signal.SIGHUP)
-        async with asyncio.timeout(20):
-            while "reload_failed" not in kinds(tmp_path / "store"):
-                await asyncio.sleep(0.2)
+        await until(lambda: "reload_failed" in kinds(tmp_path / "store"))
         (rules / "promo.yaml").write_text(RULE.replace("score: 1", "score: 2"))
         proc.send_signal(signal.SIGHUP)
-        async with asyncio.timeout(20):
-            while "reload" not in kinds(tmp_path / "store"):
-                await asyncio.sleep(0.2)
+        await until(lambda: "reload" in kinds(tmp_path / "store"))
         assert (await send_message(port, message(subject="promo again"))).code == 250
         await sink.wait_for(2)
     finally:
@@ -132,9 +143,7 @@ async def test_a_reload_with_an_unreadable_file_is_refused_not_crashed(
         else:
             (rules / "lists" / "names.txt").write_bytes(b"alice\n\xff\xfe bob\n")
         proc.send_signal(signal.SIGHUP)
-        async with asyncio.timeout(20):
-            while "reload_failed" not in kinds(tmp_path / "store"):
-                await asyncio.sleep(0.2)
+        await until(lambda: "reload_failed" in kinds(tmp_path / "store"))
         assert (await send_message(port, message(subject="still serving"))).code == 250
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -142,7 +151,8 @@ async def test_a_reload_with_an_unreadable_file_is_refused_not_crashed(
     log = log_of(config).read_text()
     assert "Task exception was never retrieved" not in log
     # The linter names the file, with no traceback.
-    lint = subprocess.run(
+    lint = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "gateway", "rules", "lint", str(rules)],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
@@ -164,9 +174,7 @@ async def test_connections_per_ip_are_counted_across_workers(sink, config_factor
     try:
         # Not wait_for_port: its probe, closed before the greeting, holds a slot until the
         # gateway notices; here every slot must be the test's own.
-        async with asyncio.timeout(30):
-            while log_of(config).read_text().count("listening on") < 2:
-                await asyncio.sleep(0.1)
+        await until(lambda: log_of(config).read_text().count("listening on") == 2)
         greetings = []
         for _ in range(12):  # one at a time: each worker sees the others' count
             reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -370,7 +370,7 @@ def test_sessions_end_server_side_on_logout_new_password_and_disable(console, br
 
 def test_absurd_times_are_a_message_not_a_500(console, browser):
     base, _ = console
-    context, page = login(browser, base, "vic")
+    context, _ = login(browser, base, "vic")
     for since in ("99999999999999d", "9" * 5000 + "d", "2026-13-45"):
         response = context.request.get(f"{base}/events?since={since}")
         assert response.status == 200, since
