@@ -58,15 +58,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if workers == 1:
         _serve_one(settings, config_path, 0)
         return 0
+    from gateway.milter.server import milter_socket
     from gateway.smtp.server import listening_socket
     from gateway.smtp.workers import run_workers
 
-    try:
-        sock = listening_socket(settings.server)
-    except OSError as exc:
-        raise ConfigError(
-            f"server.listen: cannot listen on {settings.server.listen}: {exc}"
-        ) from exc
+    sock = milter_sock = None
+    if settings.server.listen:
+        try:
+            sock = listening_socket(settings.server)
+        except OSError as exc:
+            raise ConfigError(
+                f"server.listen: cannot listen on {settings.server.listen}: {exc}"
+            ) from exc
+    if settings.milter.listen:
+        milter_sock = milter_socket(settings.milter)
     # The last good pipeline, kept here: a worker that dies is forked again from it, so a
     # model or rule file broken on disk since the start cannot keep it from coming back.
     current_settings, current_pipeline = settings, Pipeline.from_settings(settings)
@@ -84,9 +89,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def work(worker: int) -> None:
         counts.worker = worker
-        _serve_one(current_settings, config_path, worker, sock, current_pipeline, counts)
+        _serve_one(
+            current_settings, config_path, worker, sock, current_pipeline, counts, milter_sock
+        )
 
-    return run_workers(workers, work, settings, sock, reload, counts.clear)
+    listeners = [s for s in (sock, milter_sock) if s is not None]
+    return run_workers(workers, work, settings, listeners, reload, counts.clear)
 
 
 def _serve_one(
@@ -96,9 +104,10 @@ def _serve_one(
     sock: socket.socket | None = None,
     pipeline: Pipeline | None = None,
     counts: ConnectionCounts | None = None,
+    milter_sock: socket.socket | None = None,
 ) -> None:
+    from gateway.serve import serve
     from gateway.service import Gateway
-    from gateway.smtp.server import serve
 
     gateway = Gateway(settings, config_path, pipeline)
     # What is loaded now (the model: millions of objects) lives as long as the process: out
@@ -113,7 +122,7 @@ def _serve_one(
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        runner.run(serve(gateway, worker=worker, sock=sock, counts=counts))
+        runner.run(serve(gateway, worker=worker, sock=sock, counts=counts, milter_sock=milter_sock))
 
 
 # --- scan -----------------------------------------------------------------------------

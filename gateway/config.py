@@ -105,7 +105,8 @@ class ServerConfig(FrozenModel):
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
-        parse_hostport(value)
+        if value:  # empty: no SMTP front (a milter-only gateway)
+            parse_hostport(value)
         return value
 
     @property
@@ -122,6 +123,37 @@ class ServerConfig(FrozenModel):
     def identity(self) -> str:
         """Our name: in the greeting, to the backend, and as authserv-id (RFC 8601 2.5)."""
         return self.hostname or socket.getfqdn()
+
+
+class MilterConfig(FrozenModel):
+    """``[milter]``: the milter front for Postfix (smtpd_milters) and Sendmail."""
+
+    # "host:port" or "unix:/path/to/socket"; empty: off.
+    listen: str = ""
+    # Permissions of a unix socket (the MTA's user must be able to connect).
+    socket_mode: str = "0660"
+    # What the MTA does with a message Mailmoat quarantined (its copy is already stored):
+    # "discard" drops it (SMFIR_DISCARD); "hold" also puts it in the MTA's hold queue.
+    quarantine: Literal["discard", "hold"] = "discard"
+    # Seconds the MTA may stay silent in the middle of a conversation before we close it.
+    idle_timeout: PositiveFloat = 600.0
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        if value.startswith("unix:"):
+            if not value[5:]:
+                raise ValueError("empty socket path after 'unix:'")
+        elif value:
+            parse_hostport(value)
+        return value
+
+    @field_validator("socket_mode")
+    @classmethod
+    def _check_mode(cls, value: str) -> str:
+        if not (value.isdigit() and set(value) <= set("01234567") and len(value) in (3, 4)):
+            raise ValueError(f"socket_mode {value!r}: an octal mode such as 0660")
+        return value
 
 
 class BackendConfig(FrozenModel):
@@ -297,7 +329,8 @@ class WebConfig(FrozenModel):
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
-        parse_hostport(value)
+        if value:  # empty: no SMTP front (a milter-only gateway)
+            parse_hostport(value)
         return value
 
 
@@ -321,6 +354,7 @@ class Settings(BaseSettings):
     toml_path: ClassVar[Path | None] = None
 
     server: ServerConfig = ServerConfig()
+    milter: MilterConfig = MilterConfig()
     backend: BackendConfig = BackendConfig()
     store: StoreConfig = StoreConfig()
     policy: PolicyConfig = PolicyConfig()
@@ -399,12 +433,16 @@ def _check_cross_fields(settings: Settings, origin: str) -> None:
             f"{origin}: policy thresholds must satisfy tag <= quarantine <= reject "
             f"(got {policy.tag}, {policy.quarantine}, {policy.reject})"
         )
-    host, _ = server.listen_address
+    host, _ = server.listen_address if server.listen else ("*", 0)
     if host not in ("localhost", "*"):
         try:
             ipaddress.ip_address(host)
         except ValueError as exc:
             raise ConfigError(f"{origin}: server.listen: {host!r} is not an IP address") from exc
+    if not server.listen and not settings.milter.listen:
+        raise ConfigError(
+            f"{origin}: nothing to serve: set server.listen (SMTP proxy), milter.listen, or both"
+        )
 
 
 def load_scores(path: Path) -> dict[str, tuple[float, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from gateway.auth.results import strip_forged
+from gateway.auth.results import authserv_id_of, strip_forged
 from gateway.message import iter_header_fields, split_header_block
 from gateway.types import Action, Status, Verdict
 
@@ -69,14 +69,8 @@ def fold(name: str, value: str) -> bytes:
     return "\r\n".join(line.rstrip() for line in lines).encode("utf-8") + b"\r\n"
 
 
-def stamp(
-    raw: bytes,
-    verdict: Verdict,
-    event_id: str,
-    added: Sequence[tuple[str, str]] = (),
-    authserv_id: str | None = None,
-) -> bytes:
-    """Remove forged copies of our headers, then prepend the checks' headers and ours.
+def stamp(raw: bytes, headers: Sequence[tuple[str, str]], authserv_id: str | None = None) -> bytes:
+    """Remove forged copies of our headers, then prepend ``headers`` (top first).
 
     Any Authentication-Results claiming our authserv-id is removed whether or not the auth
     check ran: only we may speak in our name (RFC 8601 5).
@@ -84,8 +78,31 @@ def stamp(
     clean = strip_headers(raw, OWN_HEADERS)
     if authserv_id:
         clean = strip_forged(clean, authserv_id)
-    ours = [*added, *verdict_headers(verdict, event_id)]
-    return b"".join(_field(n, v) for n, v in ours) + clean
+    return b"".join(_field(n, v) for n, v in headers) + clean
+
+
+def forged_fields(raw: bytes, authserv_id: str) -> tuple[tuple[str, int], ...]:
+    """The fields ``stamp`` would remove, as (name, occurrence of that name, 1-based).
+
+    A milter cannot rewrite the message: it asks the MTA to delete each field by name and
+    index (SMFIR_CHGHEADER with an empty value), so it needs them counted this way.
+    """
+    ours = authserv_id.lower()
+    seen: dict[bytes, int] = {}
+    forged: list[tuple[str, int]] = []
+    block, _ = split_header_block(raw)
+    for name, text in iter_header_fields(block):
+        if name is None:
+            continue
+        lower = name.lower()
+        seen[lower] = seen.get(lower, 0) + 1
+        if lower in OWN_HEADERS or lower.startswith(OWN_PREFIX):
+            forged.append((name.decode("ascii", "replace"), seen[lower]))
+        elif lower == b"authentication-results":
+            value = text.split(b":", 1)[1].decode("utf-8", "replace")
+            if authserv_id_of(value) == ours:
+                forged.append((name.decode("ascii", "replace"), seen[lower]))
+    return tuple(forged)
 
 
 def _field(name: str, value: str) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.disposition import fold, stamp, strip_headers
+from gateway.disposition import fold, stamp, strip_headers, verdict_headers
 from gateway.types import Action, ScoredSymbol, Status, Verdict
 
 
@@ -22,7 +22,7 @@ def test_forged_headers_removed_including_folded_continuations():
 
 def test_stamp_tags_and_keeps_body():
     raw = b"Subject: s\r\nX-Spam-Flag: NO\r\n\r\nbody\r\n"
-    out = stamp(raw, verdict(Action.TAG), "0000000000000000.1")
+    out = stamp(raw, verdict_headers(verdict(Action.TAG), "0000000000000000.1"))
     head, _, body = out.partition(b"\r\n\r\n")
     assert body == b"body\r\n"
     assert b"X-Spam-Flag: YES" in head
@@ -31,7 +31,7 @@ def test_stamp_tags_and_keeps_body():
 
 
 def test_long_symbol_lists_are_folded_and_bounded():
-    out = stamp(b"Subject: s\r\n\r\nb", verdict(n=200), "0000000000000000.1")
+    out = stamp(b"Subject: s\r\n\r\nb", verdict_headers(verdict(n=200), "0000000000000000.1"))
     head = out.split(b"\r\n\r\n")[0]
     assert all(len(line) <= 78 for line in head.split(b"\r\n"))
     assert b", ..." in head

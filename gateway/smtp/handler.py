@@ -1,21 +1,17 @@
-"""The aiosmtpd hooks: mirror MAIL/RCPT to the backend, scan at DATA, dispose, record, reply."""
+"""The aiosmtpd hooks: mirror MAIL/RCPT to the backend; at DATA, the message service's reply."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import TYPE_CHECKING, Any
 
 from gateway.context import Envelope, ScanContext
-from gateway.disposition import stamp
-from gateway.errors import RelayError, StoreError
+from gateway.errors import RelayError
 from gateway.events import SecurityEvent
-from gateway.message import bare_line_endings
-from gateway.pipeline import ScanResult
-from gateway.relay import Reply
+from gateway.message_service import Headers, MessageService
+from gateway.relay import BackendSession, Reply
 from gateway.smtp import replies
-from gateway.types import Action, Verdict
 
 if TYPE_CHECKING:
     from gateway.service import Gateway
@@ -54,11 +50,30 @@ def mirror(reply: Reply) -> str:
     return replies.format_reply(reply.code, reply.text)
 
 
+class BackendDelivery:
+    """The proxy's delivery: the stamped message to this client's backend session."""
+
+    def __init__(self, backend: BackendSession, service: MessageService) -> None:
+        self.backend = backend
+        self.service = service
+
+    async def deliver(self, ctx: ScanContext, headers: Headers) -> Reply:
+        return await self.backend.data(self.service.stamped(ctx, headers))
+
+    async def abandon(self) -> None:
+        await self.backend.rset()
+
+
 class ProxyHandler:
-    """Before-queue proxy: the client hears the backend's answers, and 250 only when it's safe."""
+    """Before-queue proxy: the client hears the backend's answers, and 250 only when it's safe.
+
+    It translates SMTP into the message service's call (gateway/message_service.py) and the
+    Outcome back into a reply; it decides nothing by itself.
+    """
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.service = MessageService(gateway)
 
     @property
     def limits(self) -> Any:
@@ -148,11 +163,9 @@ class ProxyHandler:
     async def handle_DATA(self, server: MailmoatSMTP, session: Any, envelope: Any) -> str:
         # Our own work is bounded by check and backend timeouts, not by the client's timer.
         server.pause_timeout()
-        event_id = server.next_event_id()
-        raw: bytes = envelope.original_content
         env = Envelope(
-            id=event_id,
-            raw=raw,
+            id=server.next_event_id(),
+            raw=envelope.original_content,
             mail_from=reverse_path(envelope.mail_from),
             rcpts=tuple(envelope.rcpt_tos),
             client_ip=server.client_ip,
@@ -162,118 +175,15 @@ class ProxyHandler:
             mail_options=tuple(envelope.mail_options),
         )
         try:
-            return await self._process(server, ScanContext(env))
+            backend = server.backend_session(self.gateway.backend)
+            outcome = await self.service.process(
+                ScanContext(env), BackendDelivery(backend, self.service)
+            )
         finally:
             server.resume_timeout()
-
-    async def _process(self, server: MailmoatSMTP, ctx: ScanContext) -> str:
-        gateway = self.gateway
-        env = ctx.envelope
-        backend = server.backend_session(gateway.backend)
-        if self.limits.bare_newline == "reject" and any(bare_line_endings(env.raw)):
-            answer = replies.S550_BARE_NEWLINE.format(id=env.id)
-            await backend.rset()
-            await gateway.record(self._event(ctx, None, "reject", answer, "", "bare newline"))
-            return answer
-
-        result = await gateway.pipeline.scan(ctx)
-        verdict = result.verdict
-        backend_reply = ""
-        action = verdict.action
-        if action in (Action.ACCEPT, Action.TAG):
-            message = self._stamp(ctx, verdict)
-            try:
-                reply = await backend.data(message)
-            except RelayError as exc:
-                log.warning("%s: DATA: %s", env.id, exc)
-                answer = replies.S451_BACKEND_LOST
-                backend_reply = str(exc)
-            else:
-                backend_reply = str(reply)
-                answer = replies.S250_QUEUED.format(id=env.id) if reply.ok else mirror(reply)
-        else:
-            await backend.rset()
-            if action is Action.QUARANTINE:
-                answer = await self._quarantine(ctx, verdict)
-            elif action is Action.REJECT:
-                answer = self._reject_text(verdict, env.id)
-            elif action is Action.TEMPFAIL:
-                answer = replies.S451_TEMPFAIL.format(id=env.id)
-            else:  # DISCARD: an explicit policy decision to drop; the event records it.
-                answer = replies.S250_QUEUED.format(id=env.id)
-        if answer.startswith("250"):
+        if outcome.accepted:
             server.errors = 0  # max_errors counts errors without a message taken (as Postfix)
-        gateway.metrics.observe(result)
-        event = self._event(ctx, result, action.value, answer, backend_reply, verdict.reason)
-        await gateway.record(event, gateway.retention(ctx, action))
-        return answer
-
-    async def _quarantine(self, ctx: ScanContext, verdict: Verdict) -> str:
-        env = ctx.envelope
-        message = self._stamp(ctx, verdict)
-        try:
-            await asyncio.to_thread(
-                self.gateway.quarantine.hold,
-                env.id,
-                env.mail_from,
-                env.rcpts,
-                ctx.message.subject[:500],
-                verdict.score,
-                verdict.reason,
-                message,
-            )
-        except StoreError as exc:
-            # Not stored means not acknowledged: the sender keeps the message and retries.
-            log.error("%s: quarantine failed: %s", env.id, exc)
-            self.gateway.store_failed("quarantine", exc)
-            return replies.S451_STORE_FAILED.format(id=env.id)
-        self.gateway.store_ok("quarantine")
-        return replies.S250_QUEUED.format(id=env.id)
-
-    def _stamp(self, ctx: ScanContext, verdict: Verdict) -> bytes:
-        env = ctx.envelope
-        if not self.gateway.settings.policy.add_headers:
-            return env.raw
-        return stamp(env.raw, verdict, env.id, ctx.added_headers, self.gateway.hostname)
-
-    @staticmethod
-    def _reject_text(verdict: Verdict, event_id: str) -> str:
-        if verdict.reply_text:
-            return replies.format_reply(554, f"5.7.1 {verdict.reply_text} [{event_id}]")
-        return replies.S554_REJECTED.format(id=event_id)
-
-    def _event(
-        self,
-        ctx: ScanContext,
-        result: ScanResult | None,
-        action: str,
-        answer: str,
-        backend_reply: str,
-        reason: str,
-    ) -> SecurityEvent:
-        env = ctx.envelope
-        verdict = result.verdict if result is not None else None
-        return SecurityEvent(
-            id=env.id,
-            kind="message",
-            time=env.received_at,
-            client_ip=env.client_ip,
-            helo=env.helo,
-            tls=env.tls,
-            mail_from=env.mail_from,
-            rcpts=env.rcpts,
-            message_id=ctx.message.message_id[:500],
-            subject=ctx.message.subject[:500],
-            size=len(env.raw),
-            score=verdict.score if verdict else None,
-            action=action,
-            reason=reason,
-            smtp_reply=answer,
-            backend_reply=backend_reply,
-            symbols=tuple(s.as_dict() for s in verdict.symbols) if verdict else (),
-            timings_ms=result.timings_ms if result is not None else {},
-            versions=dict(self.gateway.versions),
-        )
+        return outcome.reply
 
     async def _refused_step(
         self,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -13,10 +11,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from gateway.config import ServerConfig, parse_hostport
+from gateway.config import ServerConfig
 from gateway.context import new_connection_id
 from gateway.events import SecurityEvent
-from gateway.metrics import serve_metrics
 from gateway.relay import Backend, BackendSession
 from gateway.service import Gateway
 from gateway.smtp import replies
@@ -327,52 +324,3 @@ def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(config.tls_cert, config.tls_key)
     return context
-
-
-async def serve(
-    gateway: Gateway,
-    ready: asyncio.Event | None = None,
-    worker: int = 0,
-    sock: socket.socket | None = None,
-    counts: ConnectionCounts | None = None,
-) -> None:
-    """Run until SIGTERM or SIGINT (drain, then stop); SIGHUP reloads the pipeline."""
-    server = SmtpServer(gateway, counts)
-    await server.start(sock)
-    gateway.metrics.sessions.set_function(lambda: len(server.state.protocols))
-    metrics_server = None
-    # With several workers the first serves the metrics port (its own counters).
-    if gateway.settings.server.metrics_listen and worker == 0:
-        host, port = parse_hostport(gateway.settings.server.metrics_listen)
-        metrics_server = await serve_metrics(gateway.metrics, gateway.readiness, host, port)
-    pid_file = gateway.settings.server.pid_file if worker == 0 else None
-    if pid_file is not None and gateway.settings.server.worker_count == 1:
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.write_text(f"{os.getpid()}\n")
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[Any]] = set()
-
-    def on_hup() -> None:
-        task = loop.create_task(gateway.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    if ready is not None:
-        ready.set()
-    try:
-        await stop.wait()
-        log.info("shutting down: draining sessions")
-        await server.drain()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        if metrics_server is not None:
-            metrics_server.close()
-        await gateway.aclose()
-        if pid_file is not None:
-            pid_file.unlink(missing_ok=True)
-        log.info("stopped")

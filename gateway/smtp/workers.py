@@ -20,7 +20,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.config import Settings
 
@@ -44,7 +44,7 @@ def run_workers(
     count: int,
     work: Callable[[int], None],
     settings: Settings,
-    listener: socket.socket,
+    listeners: Sequence[socket.socket],
     reload: Callable[[], None] | None = None,
     forget: Callable[[int], None] | None = None,
 ) -> int:
@@ -93,7 +93,8 @@ def run_workers(
             stopping = True
             # The parent keeps the socket to fork replacements; once stopping, it lets go,
             # so that when the workers stop listening, connections are refused, not queued.
-            listener.close()
+            for listener in listeners:
+                listener.close()
         for pid in children:
             with contextlib.suppress(ProcessLookupError):  # already gone
                 os.kill(pid, signum)
@@ -133,7 +134,8 @@ def run_workers(
             "(%d deaths in a row)",
             index, pid, code, lived, delay, deaths[index],
         )  # fmt: skip
-    listener.close()
+    for listener in listeners:
+        listener.close()
     if pid_file is not None:
         pid_file.unlink(missing_ok=True)
     return 1 if failures else 0

@@ -18,7 +18,7 @@ import pytest
 from gateway.clients.dns import DnsClient
 from gateway.config import PROJECT_ROOT, Settings
 from gateway.context import Envelope, ScanContext
-from gateway.disposition import ADDED_HEADERS, stamp
+from gateway.disposition import ADDED_HEADERS, stamp, verdict_headers
 from gateway.message import iter_header_fields, split_header_block
 from gateway.pipeline import Pipeline
 from gateway.types import Action, Status, Verdict
@@ -171,7 +171,7 @@ def test_every_header_the_gateway_adds_is_in_the_one_list():
     assert found <= listed, f"headers added but not listed: {sorted(found - listed)}"
     # And what stamp() writes is exactly what the list knows of.
     verdict = Verdict(Action.TAG, 6.0, (), "score 6")
-    stamped = stamp(b"Subject: x\r\n\r\nbody\r\n", verdict, "id.1")
+    stamped = stamp(b"Subject: x\r\n\r\nbody\r\n", verdict_headers(verdict, "id.1"))
     names = {n.decode().lower() for n, _ in iter_header_fields(split_header_block(stamped)[0]) if n}
     assert names - {"subject"} <= listed
 
