@@ -19,6 +19,7 @@ A failure on our side is a 4xx, so the MTA defers (never accepts what was not sc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -121,6 +122,8 @@ class MilterSession:
             log.warning("milter %s: closing: %s", self.conn_id, exc or type(exc).__name__)
         finally:
             self.writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self.writer.wait_closed()
 
     async def send(self, *packets: bytes) -> None:
         self.writer.write(b"".join(packets))
