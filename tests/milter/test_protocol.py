@@ -103,8 +103,13 @@ class Client:
                 return replies
 
 
-HEADERS = [("From", "alice@sender.test"), ("To", "bob@example.test"), ("Subject", "hello"),
-           ("Date", "Sat, 21 Nov 2026 10:00:00 +0000"), ("Message-ID", "<m@sender.test>")]  # fmt: skip
+HEADERS = [
+    ("From", "alice@sender.test"),
+    ("To", "bob@example.test"),
+    ("Subject", "hello"),
+    ("Date", "Sat, 21 Nov 2026 10:00:00 +0000"),
+    ("Message-ID", "<m@sender.test>"),
+]
 
 
 async def test_negotiation_asks_for_what_we_need_and_no_more(config_factory):
@@ -153,7 +158,7 @@ async def test_over_the_size_limit_is_552_and_nothing_is_kept(config_factory):
     ["packet too long", "unknown command", "end of message without a message", "zero length"],
 )
 async def test_protocol_faults_close_that_connection_only(config_factory, fault):
-    async with milter(config_factory) as (gateway, port):
+    async with milter(config_factory) as (_, port):
         bad = await Client.open(port)
         await bad.negotiate()
         if fault == "packet too long":
