@@ -9,6 +9,7 @@ missing.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,8 +21,6 @@ DAEMONS = Path("/usr/lib/postfix/sbin")
 
 # Only the services this test instance needs, none chrooted (the queue is in a tmp dir).
 MASTER_CF = """\
-{listen} inet n - n - - smtpd
-{reinject} inet n - n - - smtpd -o smtpd_milters= -o non_smtpd_milters=
 pickup    unix  n - n 60 1 pickup
 cleanup   unix  n - n - 0 cleanup
 qmgr      unix  n - n 300 1 qmgr
@@ -44,6 +43,50 @@ postlog   unix-dgram n - n - 1 postlogd
 """
 
 
+SNIPPETS = Path(__file__).resolve().parents[1] / "config" / "postfix"
+# The ports the shipped snippets name: Mailmoat's SMTP front, its milter, the re-injection.
+DOCS_PORTS = (10025, 11332, 10026)
+
+
+def snippet(mode: str, port: int, ports: dict[int, int]) -> tuple[dict[str, str], str]:
+    """config/postfix/<mode>.{main,master}.cf as this test instance runs them.
+
+    The only changes: the documented ports become the test's (``ports``), the public
+    "smtp inet" service listens on 127.0.0.1:``port``, and nothing is chrooted (the queue
+    is in a temporary directory). Everything else is the text the docs tell operators to use.
+    """
+    main: dict[str, str] = {}
+    master = ""
+    for kind in ("main", "master"):
+        path = SNIPPETS / f"{mode}.{kind}.cf"
+        if not path.exists():
+            continue
+        text = path.read_text()
+        for documented, actual in ports.items():
+            text = re.sub(rf"\b{documented}\b", str(actual), text)
+        if kind == "main":
+            for line in text.splitlines():
+                if line.strip() and not line.startswith("#"):
+                    key, _, value = line.partition("=")
+                    main[key.strip()] = value.strip()
+            continue
+        lines = []
+        for line in text.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            fields = line.split()
+            if not line[0].isspace() and len(fields) >= 8:
+                if fields[0] == "smtp" and fields[1] == "inet":
+                    fields[0] = f"127.0.0.1:{port}"
+                fields[4] = "n"  # not chrooted
+                line = " ".join(fields)
+            lines.append(line)
+        master = "\n".join(lines) + "\n"
+    if not master.startswith(f"127.0.0.1:{port} "):
+        master = f"127.0.0.1:{port} inet n - n - - smtpd\n" + master
+    return main, master
+
+
 def available() -> bool:
     """Debian's postfix is installed (and we are root, as `postfix start` needs)."""
     import os
@@ -54,16 +97,14 @@ def available() -> bool:
 class PostfixInstance:
     """A private Postfix: ``start()``, ``log()``, ``queue()``, ``stop()``."""
 
-    def __init__(
-        self, port: int, relay_port: int, extra: dict[str, str], reinject_port: int = 0
-    ) -> None:
+    def __init__(self, port: int, relay_port: int, extra: dict[str, str], master: str = "") -> None:
         # Not under pytest's tmp_path: that is 0700, and Postfix's daemons run as postfix.
         root = Path(tempfile.mkdtemp(prefix="mailmoat-postfix-", dir="/var/tmp"))
         root.chmod(0o755)
         self.root = root
         self.port = port
-        # A second smtpd without milters: where Mailmoat releases quarantined mail to.
-        self.reinject_port = reinject_port
+        # The inet services (the public smtpd first); the default: a plain smtpd on ``port``.
+        self.master = master or f"127.0.0.1:{port} inet n - n - - smtpd\n"
         self.config = root / "etc"
         self.queue_dir = root / "queue"
         self.logfile = root / "maillog"
@@ -109,12 +150,7 @@ class PostfixInstance:
             folder.mkdir(parents=True, exist_ok=True)
         main = "\n".join(f"{k} = {v}" for k, v in self.settings.items()) + "\n"
         (self.config / "main.cf").write_text(main)
-        reinject = self.reinject_port
-        master = MASTER_CF.format(listen=f"127.0.0.1:{self.port}",
-                                  reinject=f"127.0.0.1:{reinject}")  # fmt: skip
-        if not reinject:
-            master = "\n".join(line for line in master.splitlines() if "smtpd_milters=" not in line)
-        (self.config / "master.cf").write_text(master + "\n")
+        (self.config / "master.cf").write_text(self.master + MASTER_CF)
         shutil.chown(self.root / "data", "postfix")
         result = self._postfix("start", check=False)
         if result.returncode != 0:

@@ -24,7 +24,7 @@ from tests import authdata
 from tests.clamav import EICAR
 from tests.conftest import free_port, message
 from tests.hostile.test_decision_layer import attached, zip_of
-from tests.postfix import PostfixInstance, available
+from tests.postfix import PostfixInstance, available, snippet
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs Debian's postfix, run as root")
 
@@ -59,17 +59,10 @@ async def milter_stack(sink, config_factory, **sections) -> AsyncIterator[Stack]
     gateway = Gateway(load_settings(config), config)
     milter = MilterServer(gateway)
     await milter.start()
-    postfix = PostfixInstance(
-        port,
-        sink.port,
-        {
-            "smtpd_milters": f"inet:127.0.0.1:{milter_port}",
-            "milter_protocol": "6",
-            "milter_default_action": "tempfail",
-            "milter_mail_macros": "i {auth_authen} {auth_type} {mail_addr}",
-        },
-        reinject_port=reinject,
-    )
+    # Postfix runs config/postfix/milter.{main,master}.cf, the snippets docs/deployment.md
+    # gives operators, with the test's ports.
+    main, master = snippet("milter", port, {11332: milter_port, 10026: reinject})
+    postfix = PostfixInstance(port, sink.port, main, master)
     await asyncio.to_thread(postfix.start)
     try:
         yield Stack(gateway, milter, postfix)
