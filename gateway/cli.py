@@ -208,7 +208,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     problems = policy_problems(settings, pipeline.rules)
     origin = args.config or "embedded defaults"
     print(f"{origin}: {'OK' if not problems else f'{len(problems)} error(s)'}")
-    print(f"  listen   {settings.server.listen}")
+    print(f"  listen   {settings.server.listen or '(no SMTP front)'}")
+    print(f"  milter   {settings.milter.listen or '(off)'}")
     backend = settings.backend
     where = f"{backend.host}:{backend.port}" if backend.kind == "smtp" else str(backend.path)
     print(f"  backend  {backend.kind} {where}")
