@@ -22,6 +22,7 @@ from gateway.errors import ConfigError, GatewayError, UnknownIdError
 from gateway.events import EventFilter, SecurityEvent, SqliteStore, parse_time
 from gateway.pipeline import Pipeline, policy_problems
 from gateway.quarantine import Quarantine
+from gateway.services import Services
 from gateway.smtp.limits import ConnectionCounts
 
 log = logging.getLogger(__name__)
@@ -74,13 +75,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         milter_sock = milter_socket(settings.milter)
     # The last good pipeline, kept here: a worker that dies is forked again from it, so a
     # model or rule file broken on disk since the start cannot keep it from coming back.
-    current_settings, current_pipeline = settings, Pipeline.from_settings(settings)
+    services = Services()
+    current_settings, current_pipeline = settings, Pipeline.from_settings(settings, services)
 
     def reload() -> None:
         nonlocal current_settings, current_pipeline
         try:
             new_settings = load_settings(config_path) if config_path else settings
-            current_pipeline = Pipeline.from_settings(new_settings)
+            current_pipeline = Pipeline.from_settings(new_settings, services)
             current_settings = new_settings
         except (ConfigError, OSError, UnicodeError) as exc:
             log.error("reload refused in the parent, new workers keep the last good: %s", exc)
@@ -90,8 +92,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def work(worker: int) -> None:
         counts.worker = worker
         _serve_one(
-            current_settings, config_path, worker, sock, current_pipeline, counts, milter_sock
-        )
+            current_settings, config_path, worker, sock, current_pipeline, counts, milter_sock,
+            services,
+        )  # fmt: skip
 
     listeners = [s for s in (sock, milter_sock) if s is not None]
     return run_workers(workers, work, settings, listeners, reload, counts.clear)
@@ -105,11 +108,12 @@ def _serve_one(
     pipeline: Pipeline | None = None,
     counts: ConnectionCounts | None = None,
     milter_sock: socket.socket | None = None,
+    services: Services | None = None,
 ) -> None:
     from gateway.serve import serve
     from gateway.service import Gateway
 
-    gateway = Gateway(settings, config_path, pipeline)
+    gateway = Gateway(settings, config_path, pipeline, services)
     # What is loaded now (the model: millions of objects) lives as long as the process: out
     # of the collector's sight, a full collection takes 8 ms instead of 90 ms, during which
     # every session of this worker waits.

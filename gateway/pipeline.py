@@ -16,6 +16,7 @@ from gateway.context import ScanContext
 from gateway.errors import ConfigError, NotConfigured
 from gateway.policy.rules import RuleHit, RuleSet, load_rules
 from gateway.policy.verdict import Policy
+from gateway.services import Services
 from gateway.types import Finding, Status, Verdict
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def _near(symbol: str, known: set[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def build_checks(settings: Settings) -> list[Check]:
+def build_checks(settings: Settings, services: Services | None = None) -> list[Check]:
     """Instantiate every enabled check of the registry, in registry order."""
     checks: list[Check] = []
     known = {cls.name for cls in REGISTRY}
@@ -78,7 +79,7 @@ def build_checks(settings: Settings) -> list[Check]:
             raise ConfigError(f"checks.{name}: no such check (known: {sorted(known)})")
     for cls in REGISTRY:
         try:
-            checks.append(cls.from_config(settings.check_section(cls.name), settings))
+            checks.append(cls.from_config(settings.check_section(cls.name), settings, services))
         except NotConfigured as reason:
             log.info("disabled check %s: %s", cls.name, reason)
     log.info("enabled checks: %s", [c.name for c in checks])
@@ -96,9 +97,12 @@ class Pipeline:
         self.rules = rules
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Pipeline:
-        """Build checks and policy; raise ConfigError on any invalid part."""
-        checks = build_checks(settings)
+    def from_settings(cls, settings: Settings, services: Services | None = None) -> Pipeline:
+        """Build checks and policy; raise ConfigError on any invalid part.
+
+        ``services`` are the shared clients to hand the checks (kept across reloads).
+        """
+        checks = build_checks(settings, services)
         scores = load_scores(settings.policy.scores_file)
         for check in checks:
             for symbol in check.symbols:

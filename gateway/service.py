@@ -26,6 +26,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.quarantine import Quarantine
 from gateway.relay import Backend, Reply, deliver, make_backend
+from gateway.services import Services
 from gateway.types import Action
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,15 @@ class Gateway:
         settings: Settings,
         config_path: Path | None = None,
         pipeline: Pipeline | None = None,
+        services: Services | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
         self.hostname = settings.server.identity
+        # Built once, kept across reloads: the DNS cache, DMARC policies seen, clamd client.
+        self.services = services or Services()
         # A worker forked by the parent starts from the parent's last good pipeline.
-        self.pipeline = pipeline if pipeline is not None else Pipeline.from_settings(settings)
+        self.pipeline = pipeline or Pipeline.from_settings(settings, self.services)
         self.versions = self._versions(self.pipeline)
         self.backend: Backend = make_backend(settings.backend, self.hostname)
         self.store = SqliteStore(settings.store.database, checkpoint_every=CHECKPOINT_EVERY)
@@ -131,7 +135,7 @@ class Gateway:
         event_id = f"{new_connection_id()}.1"
         try:
             settings = load_settings(self.config_path) if self.config_path else self.settings
-            pipeline = Pipeline.from_settings(settings)
+            pipeline = Pipeline.from_settings(settings, self.services)
         except Exception as exc:
             # Whatever broke (a config error, an unreadable file, a bug in a loader), the
             # pipeline in service stays, and the refusal is an event, not a dead task.

@@ -91,3 +91,30 @@ async def test_big_message_is_parsed_once_off_the_loop():
     raw = b"Subject: big\r\n\r\n" + b"x" * 76 + b"\r\n" * 20000 + b"y" * (2 << 20)
     result = await make(SubjectCheck(CheckConfig())).scan(ctx(raw))
     assert result.verdict.symbols[0].details == {"subject": "big"}
+
+
+async def test_shared_clients_survive_a_reload(config_factory, tmp_path):
+    """A reload swaps checks, rules and model; the DNS cache and the clamd client stay."""
+    from gateway.config import load_settings
+    from gateway.service import Gateway
+
+    config = config_factory(
+        None,
+        checks__auth={"enabled": True},
+        checks__antivirus={"enabled": True},
+        antivirus={"address": f"unix:{tmp_path / 'clamd.sock'}"},
+        dns={"nameservers": ["127.0.0.1:9"]},
+    )
+    gateway = Gateway(load_settings(config), config)
+
+    def clients(g):
+        checks = {c.name: c for c in g.pipeline.checks}
+        return checks["auth"].dns, checks["auth"].known_policies, checks["antivirus"].client
+
+    before = clients(gateway)
+    old_pipeline = gateway.pipeline
+    assert await gateway.reload()
+    assert gateway.pipeline is not old_pipeline
+    after = clients(gateway)
+    assert all(a is b for a, b in zip(before, after, strict=True))
+    await gateway.aclose()

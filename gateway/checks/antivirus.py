@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from pydantic import Field
@@ -12,6 +12,7 @@ from gateway.checks.base import parse_section
 from gateway.clients.clamd import ClamdClient, ClamdError
 from gateway.config import CheckConfig, ClamdConfig, Settings
 from gateway.context import ScanContext
+from gateway.services import Services
 from gateway.types import Effect, Finding, Status
 
 
@@ -34,15 +35,15 @@ class AntivirusCheck:
     }
     config: AntivirusConfig
     clamd: ClamdConfig
-    client: ClamdClient = field(init=False)
-
-    def __post_init__(self) -> None:
-        cfg = self.clamd
-        self.client = ClamdClient(cfg.address, cfg.timeout, cfg.max_concurrency, cfg.chunk_size)
+    client: ClamdClient
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
-        return cls(parse_section(cls.name, AntivirusConfig, section), settings.antivirus)
+    def from_config(
+        cls, section: Mapping[str, Any], settings: Settings, services: Services | None = None
+    ) -> Self:
+        config = parse_section(cls.name, AntivirusConfig, section)
+        client = (services or Services()).clamd(settings.antivirus)
+        return cls(config, settings.antivirus, client)
 
     async def run(self, ctx: ScanContext) -> Sequence[Finding]:
         raw = ctx.envelope.raw

@@ -27,6 +27,7 @@ from gateway.checks.base import parse_section
 from gateway.clients.dns import CachedAnswers, DnsBridge, DnsClient, DnsTempError
 from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
+from gateway.services import Services
 from gateway.types import Action, Effect, Finding, Status
 
 
@@ -100,9 +101,14 @@ class AuthCheck:
     known_policies: dmarc_module.KnownPolicies = field(default_factory=dmarc_module.KnownPolicies)
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
+    def from_config(
+        cls, section: Mapping[str, Any], settings: Settings, services: Services | None = None
+    ) -> Self:
         config = parse_section(cls.name, AuthConfig, section)
-        return cls(config, DnsClient(settings.dns), settings.server.identity)
+        shared = services or Services()
+        return cls(
+            config, shared.dns(settings.dns), settings.server.identity, shared.known_policies
+        )
 
     async def run(self, ctx: ScanContext) -> Sequence[Finding]:
         cfg = self.config

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.errors import ConfigError, NotConfigured
+from gateway.services import Services
 from gateway.types import Finding
 
 C = TypeVar("C", bound=CheckConfig)
@@ -27,11 +28,15 @@ class Check(Protocol):
         ...
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
+    def from_config(
+        cls, section: Mapping[str, Any], settings: Settings, services: Services | None = None
+    ) -> Self:
         """Build from the ``[checks.NAME]`` table; raise NotConfigured when disabled.
 
         ``settings`` is there for the shared service sections a check depends on
         (``[antivirus]`` for clamd, ``[dns]`` for the resolver); a check reads nothing else.
+        ``services`` hands out the shared clients (kept across reloads); without it a check
+        makes its own (tools and benchmarks).
         """
         ...
 

@@ -14,6 +14,7 @@ from gateway.checks.base import parse_section
 from gateway.config import PROJECT_ROOT, CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.ml.model import SpamModel, current_model_dir, load_model
+from gateway.services import Services
 from gateway.types import Effect, Finding, Status
 
 # Messages whose features take longer than this to classify go to a worker thread.
@@ -43,7 +44,9 @@ class ClassifierCheck:
     model: SpamModel
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
+    def from_config(
+        cls, section: Mapping[str, Any], settings: Settings, services: Services | None = None
+    ) -> Self:
         config = parse_section(cls.name, ClassifierConfig, section)
         models = config.models_dir
         directory = models / config.model if config.model else current_model_dir(models)

@@ -24,6 +24,7 @@ from gateway.checks.base import parse_section
 from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.message import MimePart
+from gateway.services import Services
 from gateway.types import Action, Effect, Finding, Status
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,9 @@ class ContentCheck:
         self.magic = magic.Magic(mime=True)
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
+    def from_config(
+        cls, section: Mapping[str, Any], settings: Settings, services: Services | None = None
+    ) -> Self:
         return cls(parse_section(cls.name, ContentConfig, section))
 
     async def run(self, ctx: ScanContext) -> Sequence[Finding]:

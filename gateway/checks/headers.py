@@ -12,6 +12,7 @@ from gateway.checks.base import parse_section
 from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.message import iter_header_fields
+from gateway.services import Services
 from gateway.types import Finding, Status
 
 # RFC 5322 3.6: these fields may occur at most once.
@@ -44,7 +45,9 @@ class HeadersCheck:
     config: CheckConfig
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
+    def from_config(
+        cls, section: Mapping[str, Any], settings: Settings, services: Services | None = None
+    ) -> Self:
         return cls(parse_section(cls.name, HeadersConfig, section))
 
     async def run(self, ctx: ScanContext) -> Sequence[Finding]:

@@ -10,6 +10,7 @@ from gateway.checks.base import parse_section
 from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.message import bare_line_endings
+from gateway.services import Services
 from gateway.types import Finding, Status
 
 
@@ -32,7 +33,9 @@ class ProtocolCheck:
     config: CheckConfig
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any], settings: Settings) -> Self:
+    def from_config(
+        cls, section: Mapping[str, Any], settings: Settings, services: Services | None = None
+    ) -> Self:
         return cls(parse_section(cls.name, ProtocolConfig, section))
 
     async def run(self, ctx: ScanContext) -> Sequence[Finding]:
