@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,7 +30,7 @@ from gateway.message import bare_line_endings
 from gateway.pipeline import ScanResult
 from gateway.relay import Reply
 from gateway.smtp import replies
-from gateway.types import Action, Verdict
+from gateway.types import Action, Phase, SessionInfo, Verdict
 
 if TYPE_CHECKING:
     from gateway.service import Gateway
@@ -140,6 +140,50 @@ class MessageService:
         # 5. The outcome for the front.
         forged = forged_fields(env.raw, gateway.hostname) if headers else ()
         return Outcome(action, answer, verdict, event, headers, forged)
+
+    async def early(
+        self,
+        phase: Phase,
+        session: SessionInfo,
+        event_id: Callable[[], str],
+        front: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """The checks of an SMTP step (connect, HELO, MAIL, RCPT): a refusal, or None.
+
+        A refusal is recorded (``<step>_refused``, with the symbols that made it) before
+        the reply is returned; ``event_id`` is called only then.
+        """
+        verdict = await self.gateway.pipeline.early(phase, session)
+        if verdict is None:
+            return None
+        eid = event_id()
+        if verdict.action is Action.TEMPFAIL:
+            code = "421 4.7.0" if phase is Phase.CONNECT else "451 4.7.1"
+            reply = f"{code} Try again later [{eid}]"
+        else:
+            code = "554 5.7.1" if phase in (Phase.CONNECT, Phase.HELO) else "550 5.7.1"
+            reply = replies.format_reply(
+                int(code[:3]), f"{code[4:]} {verdict.reply_text or 'Refused by policy'} [{eid}]"
+            )
+        kind = "connection_refused" if phase is Phase.CONNECT else f"{phase.value}_refused"
+        event = SecurityEvent(
+            id=eid,
+            kind=kind,
+            client_ip=session.client_ip,
+            helo=session.helo,
+            tls=session.tls,
+            mail_from=session.mail_from,
+            rcpts=(session.rcpt,) if session.rcpt else (),
+            score=verdict.score,
+            action=verdict.action.value,
+            reason=verdict.reason,
+            smtp_reply=reply,
+            symbols=tuple(s.as_dict() for s in verdict.symbols),
+            versions=dict(self.gateway.versions),
+            details=dict(front or {}),
+        )
+        await self.gateway.record(event)
+        return reply
 
     async def _quarantine(self, ctx: ScanContext, verdict: Verdict, headers: Headers) -> str:
         env = ctx.envelope

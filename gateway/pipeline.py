@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.checks import REGISTRY
@@ -17,7 +18,7 @@ from gateway.errors import ConfigError, NotConfigured
 from gateway.policy.rules import RuleHit, RuleSet, load_rules
 from gateway.policy.verdict import Policy
 from gateway.services import Services
-from gateway.types import Finding, Status, Verdict
+from gateway.types import Action, Finding, Phase, SessionInfo, Status, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,8 @@ class Pipeline:
         results: dict[str, Sequence[Finding]] = {}
         async with asyncio.TaskGroup() as group:
             for check in self.checks:
-                group.create_task(self._run_one(check, ctx, results, timings))
+                call = functools.partial(check.run, ctx)
+                group.create_task(self._run_one(check, call, results, timings, envelope.id))
         findings = [f for check in self.checks for f in results.get(check.name, ())]
         hits: list[RuleHit] = []
         if self.rules is not None:
@@ -154,31 +156,55 @@ class Pipeline:
             timings["rules"] = round((time.perf_counter() - started) * 1000, 3)
         return ScanResult(self.policy.decide(findings, envelope.rcpts), timings, tuple(hits))
 
+    async def early(self, phase: Phase, session: SessionInfo) -> Verdict | None:
+        """Run the checks that declared ``phase``; the verdict when it refuses, else None.
+
+        Only a refusal (reject, tempfail) acts this early; anything milder waits for the
+        message, where every check and rule has its say.
+        """
+        checks = [c for c in self.checks if phase in getattr(c, "phases", ())]
+        if not checks:
+            return None
+        results: dict[str, Sequence[Finding]] = {}
+        timings: dict[str, float] = {}
+
+        what = f"{phase.value} from {session.client_ip}"
+        async with asyncio.TaskGroup() as group:
+            for check in checks:
+                call = functools.partial(check.run_early, phase, session)  # type: ignore[attr-defined]
+                group.create_task(self._run_one(check, call, results, timings, what))
+        findings = [f for check in checks for f in results.get(check.name, ())]
+        verdict = self.policy.decide(findings, [session.rcpt] if session.rcpt else [])
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            return verdict
+        return None
+
     async def _run_one(
         self,
         check: Check,
-        ctx: ScanContext,
+        call: Callable[[], Awaitable[Sequence[Finding]]],
         results: dict[str, Sequence[Finding]],
         timings: dict[str, float],
+        what: str,
     ) -> None:
         started = time.perf_counter()
         error_symbol = f"{check.name.upper()}_ERROR"
         try:
             async with asyncio.timeout(check.config.timeout):
-                results[check.name] = await check.run(ctx)
+                results[check.name] = await call()
         except TimeoutError:
             log.warning(
                 "check %s timed out after %ss on %s",
                 check.name,
                 check.config.timeout,
-                ctx.envelope.id,
+                what,
             )
             results[check.name] = [
                 Finding(check.name, error_symbol, Status.ERROR, {"error": "timeout"})
             ]
         except Exception as exc:
             # A bug or an outage in one check must not crash the message: record and go on.
-            log.exception("check %s failed on %s", check.name, ctx.envelope.id)
+            log.exception("check %s failed on %s", check.name, what)
             results[check.name] = [
                 Finding(
                     check.name,

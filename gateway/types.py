@@ -41,6 +41,32 @@ class Action(enum.StrEnum):
 _SEVERITY = {action: rank for rank, action in enumerate(Action)}
 
 
+class Phase(enum.StrEnum):
+    """When a check runs: at a step of the SMTP dialogue, or once the message is in (DATA).
+
+    As Haraka's hooks: a check that needs only the client (an IP reputation lookup) runs at
+    CONNECT or RCPT, so that either front refuses early instead of after the whole message.
+    """
+
+    CONNECT = "connect"
+    HELO = "helo"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What is known before the message: the client, its HELO, the sender, this recipient."""
+
+    client_ip: str = ""
+    client_name: str = ""
+    helo: str = ""
+    mail_from: str = ""
+    rcpt: str = ""
+    tls: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Effect:
     """What a finding asks of the policy, typed (the policy never reads ``detail``).

@@ -17,7 +17,13 @@ C = TypeVar("C", bound=CheckConfig)
 
 
 class Check(Protocol):
-    """What the pipeline needs of a check (Scrapy-style ``from_config`` factory)."""
+    """What the pipeline needs of a check (Scrapy-style ``from_config`` factory).
+
+    A check runs at end of data by default. One that can decide earlier also declares
+    ``phases: ClassVar[frozenset[Phase]]`` (CONNECT, HELO, MAIL, RCPT) and implements
+    ``async def run_early(self, phase: Phase, session: SessionInfo) -> Sequence[Finding]``;
+    the pipeline calls it at those steps of either front (``Pipeline.early``).
+    """
 
     name: ClassVar[str]
     symbols: ClassVar[Mapping[str, str]]

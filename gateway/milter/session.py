@@ -29,7 +29,7 @@ from gateway.message_service import Headers, MessageService, Outcome
 from gateway.milter import protocol as p
 from gateway.relay import Reply
 from gateway.smtp import replies
-from gateway.types import Action
+from gateway.types import Action, Phase, SessionInfo
 
 if TYPE_CHECKING:
     from gateway.config import MilterConfig
@@ -144,22 +144,22 @@ class MilterSession:
             self.macros.update({k.strip("{}"): v for k, v in values.items()})
         elif command == p.SMFIC_CONNECT:
             self.client_name, self.client_ip, self.client_port = p.connect_info(data)
-            await self._continue()
+            await self._early(Phase.CONNECT)
         elif command == p.SMFIC_HELO:
             self.helo = (p.cstrings(data) or [""])[0][:255]
-            await self._continue()
+            await self._early(Phase.HELO)
         elif command == p.SMFIC_MAIL:
             args = p.cstrings(data)
             self.message = MessageState(
                 mail_from=unbracket(args[0]) if args else "", mail_options=tuple(args[1:])
             )
             self.busy = True
-            await self._continue()
+            await self._early(Phase.MAIL)
         elif command == p.SMFIC_RCPT:
             args = p.cstrings(data)
-            if self.message is not None and args:
-                self.message.rcpts.append(unbracket(args[0]))
-            await self._continue()
+            rcpt = unbracket(args[0]) if args else ""
+            if await self._early(Phase.RCPT, rcpt) and self.message is not None:
+                self.message.rcpts.append(rcpt)
         elif command == p.SMFIC_DATA:
             await self._continue(p.SMFIP_NR_DATA)
         elif command == p.SMFIC_HEADER:
@@ -187,6 +187,27 @@ class MilterSession:
         else:
             raise p.MilterProtocolError(f"unknown command {command!r}")
         return True
+
+    async def _early(self, phase: Phase, rcpt: str = "") -> bool:
+        """The checks of this step: continue (True), or our refusal as the reply (False)."""
+        info = SessionInfo(
+            client_ip=self.client_ip or self.macros.get("client_addr", ""),
+            client_name=self.client_name,
+            helo=self.helo,
+            mail_from=self.message.mail_from if self.message else "",
+            rcpt=rcpt,
+            tls=self.macros.get("tls_version", ""),
+        )
+        front = {
+            "front": "milter",
+            "mta": {k: self.macros[k] for k in RECORDED if self.macros.get(k)},
+        }
+        refusal = await self.service.early(phase, info, self.next_event_id, front)
+        if refusal is None:
+            await self._continue()
+            return True
+        await self.send(p.reply_code(refusal))
+        return False
 
     def _header(self, data: bytes) -> None:
         name, _, rest = data.partition(b"\0")

@@ -12,6 +12,7 @@ from gateway.events import SecurityEvent
 from gateway.message_service import Headers, MessageService
 from gateway.relay import BackendSession, Reply
 from gateway.smtp import replies
+from gateway.types import Phase, SessionInfo
 
 if TYPE_CHECKING:
     from gateway.service import Gateway
@@ -101,9 +102,30 @@ class ProxyHandler:
         finally:
             server.mail_pending = False
 
+    def session_info(
+        self, server: MailmoatSMTP, session: Any, mail_from: str | None = None, rcpt: str = ""
+    ) -> SessionInfo:
+        """What the checks of an early phase see of this connection."""
+        return SessionInfo(
+            client_ip=server.client_ip,
+            helo=session.host_name or "",
+            mail_from=reverse_path(mail_from),
+            rcpt=rcpt,
+            tls=server.tls_description(),
+        )
+
     async def _mail(
         self, server: MailmoatSMTP, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
+        info = self.session_info(server, session, address)
+        if not server.helo_checked:  # the HELO phase, once, before the first MAIL
+            server.helo_checked = True
+            refusal = await self.service.early(Phase.HELO, info, server.next_event_id)
+            if refusal is not None:
+                return refusal
+        refusal = await self.service.early(Phase.MAIL, info, server.next_event_id)
+        if refusal is not None:
+            return refusal
         backend = server.backend_session(self.gateway.backend)
         try:
             reply = await backend.mail(reverse_path(address), options)
@@ -139,6 +161,10 @@ class ProxyHandler:
             return await refuse("rcpt_refused", replies.S452_TOO_MANY_RCPTS)
         if not accepted_domain(address, self.limits.accept_domains):
             return await refuse("rcpt_refused", replies.S550_RELAY_DENIED)
+        info = self.session_info(server, session, envelope.mail_from, address)
+        refusal = await self.service.early(Phase.RCPT, info, server.next_event_id)
+        if refusal is not None:
+            return refusal
         backend = server.backend_session(self.gateway.backend)
         try:
             reply = await backend.rcpt(address)

@@ -19,6 +19,7 @@ from gateway.service import Gateway
 from gateway.smtp import replies
 from gateway.smtp.handler import ProxyHandler
 from gateway.smtp.limits import ConnectionCounts
+from gateway.types import Phase, SessionInfo
 
 log = logging.getLogger(__name__)
 # Connections the kernel queues before a worker accepts them (asyncio's default is 100): a
@@ -79,6 +80,7 @@ class MailmoatSMTP(SMTP):
         self.mail_pending = False
         self.errors = 0  # error replies since the last message taken (see max_errors)
         self.rcpt_overflow = False  # a recipient over max_recipients was refused (and recorded)
+        self.helo_checked = False  # the HELO phase's checks ran (once, at the first MAIL)
 
     # --- identity and events ---
 
@@ -163,6 +165,12 @@ class MailmoatSMTP(SMTP):
                 )
             )
             self.goodbye(self.refusal)
+            return
+        handler = self.event_handler
+        info = SessionInfo(client_ip=self.client_ip)
+        refusal = await handler.service.early(Phase.CONNECT, info, self.next_event_id)
+        if refusal is not None:
+            self.goodbye(refusal)
             return
         await super()._handle_client()
 
