@@ -19,7 +19,7 @@ from gateway import __version__
 from gateway.config import Settings, load_settings
 from gateway.context import Envelope, ScanContext, new_connection_id
 from gateway.errors import ConfigError, GatewayError, UnknownIdError
-from gateway.events import EventFilter, SecurityEvent, SqliteStore, parse_time
+from gateway.events import EventFilter, EventKind, SecurityEvent, SqliteStore, parse_time
 from gateway.pipeline import Pipeline, policy_problems
 from gateway.quarantine import Quarantine
 from gateway.services import Services
@@ -611,7 +611,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             store.add(
                 SecurityEvent(
                     id=f"{new_connection_id()}.1",
-                    kind="quarantine_delete",
+                    kind=EventKind.QUARANTINE_DELETE,
                     action="delete",
                     details={"quarantine_id": args.id},
                 )

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gateway.context import ScanContext
 from gateway.disposition import forged_fields, stamp, verdict_headers
 from gateway.errors import RelayError, StoreError
-from gateway.events import SecurityEvent
+from gateway.events import EventKind, SecurityEvent
 from gateway.message import bare_line_endings
 from gateway.pipeline import ScanResult
 from gateway.relay import Reply
@@ -36,6 +36,14 @@ if TYPE_CHECKING:
     from gateway.service import Gateway
 
 log = logging.getLogger(__name__)
+
+# The event kind of a refusal at each early step.
+EARLY_KINDS = {
+    Phase.CONNECT: EventKind.CONNECTION_REFUSED,
+    Phase.HELO: EventKind.HELO_REFUSED,
+    Phase.MAIL: EventKind.MAIL_REFUSED,
+    Phase.RCPT: EventKind.RCPT_REFUSED,
+}
 
 Headers = Sequence[tuple[str, str]]
 
@@ -165,7 +173,7 @@ class MessageService:
             reply = replies.format_reply(
                 int(code[:3]), f"{code[4:]} {verdict.reply_text or 'Refused by policy'} [{eid}]"
             )
-        kind = "connection_refused" if phase is Phase.CONNECT else f"{phase.value}_refused"
+        kind = EARLY_KINDS[phase]
         event = SecurityEvent(
             id=eid,
             kind=kind,
@@ -228,7 +236,7 @@ class MessageService:
         verdict = result.verdict if result is not None else None
         return SecurityEvent(
             id=env.id,
-            kind="message",
+            kind=EventKind.MESSAGE,
             time=env.received_at,
             client_ip=env.client_ip,
             helo=env.helo,

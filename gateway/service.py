@@ -15,6 +15,7 @@ from gateway.config import Settings, load_settings
 from gateway.context import ScanContext, new_connection_id
 from gateway.errors import ConfigError, StoreBusy, StoreError, UnknownIdError
 from gateway.events import (
+    EventKind,
     EventRecorder,
     JsonLinesSink,
     Retained,
@@ -143,7 +144,7 @@ class Gateway:
                 log.exception("reload failed unexpectedly")
             log.error("reload refused, keeping the pipeline in service: %s", exc)
             await self.record(
-                SecurityEvent(id=event_id, kind="reload_failed", reason=str(exc)[:2000])
+                SecurityEvent(id=event_id, kind=EventKind.RELOAD_FAILED, reason=str(exc)[:2000])
             )
             return False
         old, self.pipeline = self.pipeline, pipeline
@@ -153,7 +154,9 @@ class Gateway:
         # Sessions already scanning keep the old pipeline object until they finish.
         await old.aclose()
         log.info("reloaded: enabled checks %s", [c.name for c in pipeline.checks])
-        await self.record(SecurityEvent(id=event_id, kind="reload", versions=dict(self.versions)))
+        await self.record(
+            SecurityEvent(id=event_id, kind=EventKind.RELOAD, versions=dict(self.versions))
+        )
         return True
 
     async def readiness(self) -> dict[str, str]:
@@ -224,7 +227,7 @@ async def release_message(
                 log.warning("released %s has no event to label", message_id)
     event = SecurityEvent(
         id=f"{new_connection_id()}.1",
-        kind="quarantine_release",
+        kind=EventKind.QUARANTINE_RELEASE,
         mail_from=entry.mail_from,
         rcpts=entry.rcpts,
         subject=entry.subject,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.context import Envelope, ScanContext
 from gateway.errors import RelayError
-from gateway.events import SecurityEvent
+from gateway.events import EventKind, SecurityEvent
 from gateway.message_service import Headers, MessageService
 from gateway.relay import BackendSession, Reply
 from gateway.smtp import replies
@@ -132,11 +132,17 @@ class ProxyHandler:
         except RelayError as exc:
             log.warning("%s: MAIL: %s", server.conn_id, exc)
             return await self._refused_step(
-                server, session, address, (), "mail_deferred", replies.S451_BACKEND_DOWN, str(exc)
+                server,
+                session,
+                address,
+                (),
+                EventKind.MAIL_DEFERRED,
+                replies.S451_BACKEND_DOWN,
+                str(exc),
             )
         if not reply.ok:
             return await self._refused_step(
-                server, session, address, (), "mail_refused", mirror(reply), str(reply)
+                server, session, address, (), EventKind.MAIL_REFUSED, mirror(reply), str(reply)
             )
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -158,9 +164,9 @@ class ProxyHandler:
             if server.rcpt_overflow:  # one event per transaction, not one per extra address
                 return replies.S452_TOO_MANY_RCPTS
             server.rcpt_overflow = True
-            return await refuse("rcpt_refused", replies.S452_TOO_MANY_RCPTS)
+            return await refuse(EventKind.RCPT_REFUSED, replies.S452_TOO_MANY_RCPTS)
         if not accepted_domain(address, self.limits.accept_domains):
-            return await refuse("rcpt_refused", replies.S550_RELAY_DENIED)
+            return await refuse(EventKind.RCPT_REFUSED, replies.S550_RELAY_DENIED)
         info = self.session_info(server, session, envelope.mail_from, address)
         refusal = await self.service.early(Phase.RCPT, info, server.next_event_id)
         if refusal is not None:
@@ -170,9 +176,9 @@ class ProxyHandler:
             reply = await backend.rcpt(address)
         except RelayError as exc:
             log.warning("%s: RCPT: %s", server.conn_id, exc)
-            return await refuse("rcpt_deferred", replies.S451_BACKEND_DOWN, str(exc))
+            return await refuse(EventKind.RCPT_DEFERRED, replies.S451_BACKEND_DOWN, str(exc))
         if not reply.ok:
-            return await refuse("rcpt_refused", mirror(reply), str(reply))
+            return await refuse(EventKind.RCPT_REFUSED, mirror(reply), str(reply))
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return replies.S250_RCPT_OK

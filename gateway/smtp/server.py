@@ -13,7 +13,7 @@ from aiosmtpd.smtp import SMTP
 
 from gateway.config import ServerConfig
 from gateway.context import new_connection_id
-from gateway.events import SecurityEvent
+from gateway.events import EventKind, SecurityEvent
 from gateway.relay import Backend, BackendSession
 from gateway.service import Gateway
 from gateway.smtp import replies
@@ -158,7 +158,7 @@ class MailmoatSMTP(SMTP):
             await handler.gateway.record(
                 SecurityEvent(
                     id=self.next_event_id(),
-                    kind="connection_refused",
+                    kind=EventKind.CONNECTION_REFUSED,
                     client_ip=self.client_ip,
                     action="refused",
                     smtp_reply=self.refusal,
@@ -208,7 +208,7 @@ class MailmoatSMTP(SMTP):
             await self.event_handler.gateway.record(
                 SecurityEvent(
                     id=self.next_event_id(),
-                    kind="data_refused",
+                    kind=EventKind.DATA_REFUSED,
                     client_ip=self.client_ip,
                     helo=self.session.host_name or "" if self.session else "",
                     action="refused",

@@ -30,6 +30,7 @@ from gateway.errors import GatewayError, UnknownIdError
 from gateway.events import (
     LABELS,
     EventFilter,
+    EventKind,
     EventRecorder,
     SecurityEvent,
     SqliteStore,
@@ -112,7 +113,7 @@ class Console:
         """Who did what, when, from where: one audit event per action."""
         event = SecurityEvent(
             id=f"{new_connection_id()}.1",
-            kind="audit",
+            kind=EventKind.AUDIT,
             client_ip=request.client.host if request.client else "",
             action=what,
             details={"user": request.session.get("user", ""), "target": target, **details},
@@ -244,7 +245,7 @@ def event_filter(params: Any, limit: int) -> tuple[EventFilter, dict[str, str]]:
         since=since, until=until, action=values["action"] or None, sender=values["sender"] or None,
         symbol=values["symbol"] or values["rule"] or None, recipient=values["recipient"] or None,
         client_ip=values["client_ip"] or None, text=values["q"] or None,
-        label=values["label"] or None, before=before, limit=limit, kind="message",
+        label=values["label"] or None, before=before, limit=limit, kind=EventKind.MESSAGE,
     )  # fmt: skip
     return where, values
 

@@ -1,4 +1,4 @@
-"""Security events: one per message decision (and per refused step), in SQLite and JSON lines."""
+"""The embedded event store: SQLite (WAL): events, labels, users, sessions, quarantine index."""
 
 from __future__ import annotations
 
@@ -10,104 +10,24 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import StoreBusy, StoreError, UnknownIdError
+from gateway.events.schema import (
+    LABELS,
+    SCHEMA_VERSION,
+    EventFilter,
+    Label,
+    Retained,
+    SecurityEvent,
+    validate_id,
+)
 
 log = logging.getLogger(__name__)
-event_log = logging.getLogger("gateway.events")
-
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another process's (unless told not to)
-EVENT_ID = re.compile(r"^[0-9a-f]{16}\.[0-9]{1,9}$")
-
-
-def validate_id(event_id: str) -> str:
-    """Accept only ids of our own shape: they end up in file names and SQL parameters."""
-    if not EVENT_ID.fullmatch(event_id):
-        raise UnknownIdError(f"invalid id {event_id!r} (expected 16 hex digits, '.', a number)")
-    return event_id
-
-
-@dataclass(frozen=True, slots=True)
-class SecurityEvent:
-    """What happened to one message or one refused SMTP step, with everything that explains it."""
-
-    id: str
-    kind: str
-    time: float = field(default_factory=time.time)
-    client_ip: str = ""
-    helo: str = ""
-    tls: str = ""
-    mail_from: str = ""
-    rcpts: tuple[str, ...] = ()
-    message_id: str = ""
-    subject: str = ""
-    size: int = 0
-    score: float | None = None
-    action: str = ""
-    reason: str = ""
-    smtp_reply: str = ""
-    backend_reply: str = ""
-    symbols: tuple[Mapping[str, Any], ...] = ()
-    timings_ms: Mapping[str, float] = field(default_factory=dict)
-    versions: Mapping[str, str] = field(default_factory=dict)
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of an event (``schema`` versioned: training reads it).
-
-        Built field by field: ``dataclasses.asdict`` deep-copies recursively and cost 0.1 ms
-        an event, twice per message (log line, store). Containers are copied one level down.
-        """
-        data: dict[str, Any] = {"schema": SCHEMA_VERSION}
-        for name in _EVENT_FIELDS:
-            data[name] = getattr(self, name)
-        data["rcpts"] = list(self.rcpts)
-        data["symbols"] = [dict(s) for s in self.symbols]
-        data["timings_ms"] = dict(self.timings_ms)
-        data["versions"] = dict(self.versions)
-        data["details"] = dict(self.details)
-        return data
-
-    def to_json(self) -> str:
-        """One compact line: the events log, JSON lines files."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SecurityEvent:
-        """Inverse of to_dict (unknown keys are ignored, for forward compatibility)."""
-        names = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in data.items() if k in names}
-        values["rcpts"] = tuple(values.get("rcpts", ()))
-        values["symbols"] = tuple(values.get("symbols", ()))
-        return cls(**values)
-
-
-_EVENT_FIELDS = tuple(f.name for f in fields(SecurityEvent))
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilter:
-    """Which events to list."""
-
-    since: float | None = None
-    until: float | None = None
-    action: str | None = None
-    sender: str | None = None
-    symbol: str | None = None
-    kind: str | None = None
-    recipient: str | None = None
-    client_ip: str | None = None
-    text: str | None = None  # words of the subject (full-text search)
-    label: str | None = None  # the label in force; "none" for unlabelled
-    before: tuple[float, str] | None = None  # keyset cursor: (time, id) of the last row seen
-    limit: int = 100
 
 
 class EventStore(Protocol):
@@ -206,34 +126,6 @@ CREATE TABLE IF NOT EXISTS labels (
 );
 CREATE INDEX IF NOT EXISTS labels_event ON labels (event_id, time);
 """
-
-LABELS = ("spam", "ham", "phish", "malware")
-
-
-@dataclass(frozen=True, slots=True)
-class Retained:
-    """What is kept of a message for retraining: raw bytes (maybe) and a feature snapshot."""
-
-    raw: bytes | None
-    features: Mapping[str, Any] | None
-    expires: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Label:
-    """One analyst label with its provenance; withdrawn labels stay in the history."""
-
-    event_id: str
-    label: str
-    source: str
-    author: str
-    note: str
-    time: float
-    withdrawn: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON shape for the CLI."""
-        return asdict(self)
 
 
 class Checkpointer:
@@ -656,69 +548,3 @@ class SqliteStore:
             self.checkpointer.stop()
         with self.lock:
             self.db.close()
-
-
-class JsonLinesSink:
-    """Appends each event as one JSON line for log shippers (opened per write: rotation-safe)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, event: SecurityEvent) -> None:
-        """Append one line."""
-        line = event.to_json()
-        try:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
-        except OSError as exc:
-            raise StoreError(f"{self.path}: {exc.strerror}") from exc
-
-
-class EventRecorder:
-    """Sends each event to the store, the optional JSON lines file and the events logger."""
-
-    def __init__(self, store: EventStore, jsonl: JsonLinesSink | None = None) -> None:
-        self.store = store
-        self.jsonl = jsonl
-
-    def record(self, event: SecurityEvent, retained: Retained | None = None) -> None:
-        """Record one event; raise StoreError when the store could not keep it."""
-        self.record_many([(event, retained)])
-
-    def record_many(self, items: Sequence[tuple[SecurityEvent, Retained | None]]) -> None:
-        """Record several events: log lines, JSON lines, then one store transaction."""
-        try:
-            self.announce(items)
-        finally:
-            self.store.add_many(items)
-
-    def announce(self, items: Sequence[tuple[SecurityEvent, Retained | None]]) -> None:
-        """The events log and the JSON lines file (StoreError if that file failed)."""
-        for event, _ in items:
-            if event_log.isEnabledFor(logging.INFO):
-                event_log.info(event.to_json())
-            if self.jsonl is not None:
-                self.jsonl.write(event)
-
-
-_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_time(text: str, now: float | None = None) -> float:
-    """Parse '2h', '7d' (ago) or an ISO 8601 time into a Unix timestamp."""
-    match = _RELATIVE.match(text.strip())
-    if match:
-        try:
-            delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        except OverflowError as exc:  # 99999999999999d: past what a date can say
-            raise ValueError(f"invalid time {text!r}: too far back") from exc
-        return (now if now is not None else time.time()) - delta.total_seconds()
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError as exc:
-        raise ValueError(f"invalid time {text!r}: use e.g. 2h, 7d or 2026-11-21T10:00") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
