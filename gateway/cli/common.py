@@ -1,0 +1,67 @@
+"""What the commands share: settings from --config, the store, times, message files."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.config import Settings, load_settings
+from gateway.events import SqliteStore
+
+# What add_parsers extends (argparse gives it no public name).
+Subparsers = argparse._SubParsersAction
+
+
+def setup_logging(level: str, events_to_stderr: bool) -> None:
+    """Diagnostics to stderr; the events logger only for serve (its journal)."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not events_to_stderr:
+        logging.getLogger("gateway.events").setLevel(logging.WARNING)
+    # aiosmtpd logs every command line at INFO under "mail.log"; our events say what matters.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The settings of --config (or the embedded defaults)."""
+    return load_settings(args.config)
+
+
+def store_of(args: argparse.Namespace) -> SqliteStore:
+    """The event store the settings name."""
+    return SqliteStore(settings_of(args).store.database)
+
+
+def fmt_time(ts: float) -> str:
+    """A Unix time as UTC, to the second."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iter_message_files(paths: Sequence[str]) -> Iterator[Path]:
+    """Files as given, and every file under given directories (sorted, recursive)."""
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for file in sorted(files):
+                    yield Path(root) / file
+        else:
+            yield path
+
+
+def read_message(path: Path) -> bytes:
+    """Read a message file, dropping a leading mbox 'From ' line if present."""
+    data = path.read_bytes()
+    if data.startswith(b"From "):
+        _, _, data = data.partition(b"\n")
+    return data
