@@ -96,18 +96,18 @@ class ProxyHandler:
             return replies.S421_SHUTTING_DOWN
         if not valid_address(address):
             return replies.S553_BAD_ADDRESS
-        server.mail_pending = True  # a drain waits for a transaction from its MAIL on
+        server.client.mail_pending = True  # a drain waits for a transaction from its MAIL on
         try:
             return await self._mail(server, session, envelope, address, options)
         finally:
-            server.mail_pending = False
+            server.client.mail_pending = False
 
     def session_info(
         self, server: MailmoatSMTP, session: Any, mail_from: str | None = None, rcpt: str = ""
     ) -> SessionInfo:
         """What the checks of an early phase see of this connection."""
         return SessionInfo(
-            client_ip=server.client_ip,
+            client_ip=server.client.client_ip,
             helo=session.host_name or "",
             mail_from=reverse_path(mail_from),
             rcpt=rcpt,
@@ -118,19 +118,19 @@ class ProxyHandler:
         self, server: MailmoatSMTP, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
         info = self.session_info(server, session, address)
-        if not server.helo_checked:  # the HELO phase, once, before the first MAIL
-            server.helo_checked = True
+        if not server.client.helo_checked:  # the HELO phase, once, before the first MAIL
+            server.client.helo_checked = True
             refusal = await self.service.early(Phase.HELO, info, server.next_event_id)
             if refusal is not None:
                 return refusal
         refusal = await self.service.early(Phase.MAIL, info, server.next_event_id)
         if refusal is not None:
             return refusal
-        backend = server.backend_session(self.gateway.backend)
+        backend = server.client.backend_session(self.gateway.backend)
         try:
             reply = await backend.mail(reverse_path(address), options)
         except RelayError as exc:
-            log.warning("%s: MAIL: %s", server.conn_id, exc)
+            log.warning("%s: MAIL: %s", server.client.conn_id, exc)
             return await self._refused_step(
                 server,
                 session,
@@ -146,7 +146,7 @@ class ProxyHandler:
             )
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        server.rcpt_overflow = False
+        server.client.rcpt_overflow = False
         return replies.S250_SENDER_OK
 
     async def handle_RCPT(
@@ -161,9 +161,9 @@ class ProxyHandler:
             )
 
         if len(envelope.rcpt_tos) >= self.limits.max_recipients:
-            if server.rcpt_overflow:  # one event per transaction, not one per extra address
+            if server.client.rcpt_overflow:  # one event per transaction, not one per extra address
                 return replies.S452_TOO_MANY_RCPTS
-            server.rcpt_overflow = True
+            server.client.rcpt_overflow = True
             return await refuse(EventKind.RCPT_REFUSED, replies.S452_TOO_MANY_RCPTS)
         if not accepted_domain(address, self.limits.accept_domains):
             return await refuse(EventKind.RCPT_REFUSED, replies.S550_RELAY_DENIED)
@@ -171,11 +171,11 @@ class ProxyHandler:
         refusal = await self.service.early(Phase.RCPT, info, server.next_event_id)
         if refusal is not None:
             return refusal
-        backend = server.backend_session(self.gateway.backend)
+        backend = server.client.backend_session(self.gateway.backend)
         try:
             reply = await backend.rcpt(address)
         except RelayError as exc:
-            log.warning("%s: RCPT: %s", server.conn_id, exc)
+            log.warning("%s: RCPT: %s", server.client.conn_id, exc)
             return await refuse(EventKind.RCPT_DEFERRED, replies.S451_BACKEND_DOWN, str(exc))
         if not reply.ok:
             return await refuse(EventKind.RCPT_REFUSED, mirror(reply), str(reply))
@@ -184,12 +184,12 @@ class ProxyHandler:
         return replies.S250_RCPT_OK
 
     async def handle_RSET(self, server: MailmoatSMTP, session: Any, envelope: Any) -> str:
-        if server.backend is not None:
-            await server.backend.rset()
+        if server.client.backend is not None:
+            await server.client.backend.rset()
         return replies.S250_OK
 
     async def handle_QUIT(self, server: MailmoatSMTP, session: Any, envelope: Any) -> str:
-        await server.close_backend()
+        await server.client.close_backend()
         return replies.S221_BYE
 
     async def handle_DATA(self, server: MailmoatSMTP, session: Any, envelope: Any) -> str:
@@ -200,21 +200,23 @@ class ProxyHandler:
             raw=envelope.original_content,
             mail_from=reverse_path(envelope.mail_from),
             rcpts=tuple(envelope.rcpt_tos),
-            client_ip=server.client_ip,
-            client_port=server.client_port,
+            client_ip=server.client.client_ip,
+            client_port=server.client.client_port,
             helo=session.host_name or "",
             tls=server.tls_description(),
             mail_options=tuple(envelope.mail_options),
         )
         try:
-            backend = server.backend_session(self.gateway.backend)
+            backend = server.client.backend_session(self.gateway.backend)
             outcome = await self.service.process(
                 ScanContext(env), BackendDelivery(backend, self.service)
             )
         finally:
             server.resume_timeout()
         if outcome.accepted:
-            server.errors = 0  # max_errors counts errors without a message taken (as Postfix)
+            server.client.errors = (
+                0  # max_errors counts errors without a message taken (as Postfix)
+            )
         return outcome.reply
 
     async def _refused_step(
@@ -232,7 +234,7 @@ class ProxyHandler:
             SecurityEvent(
                 id=server.next_event_id(),
                 kind=kind,
-                client_ip=server.client_ip,
+                client_ip=server.client.client_ip,
                 helo=session.host_name or "",
                 tls=server.tls_description(),
                 mail_from=reverse_path(mail_from),

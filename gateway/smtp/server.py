@@ -12,13 +12,12 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 
 from gateway.config import ServerConfig
-from gateway.context import new_connection_id
 from gateway.events import EventKind, SecurityEvent
-from gateway.relay import Backend, BackendSession
 from gateway.service import Gateway
 from gateway.smtp import replies
 from gateway.smtp.handler import ProxyHandler
 from gateway.smtp.limits import ConnectionCounts
+from gateway.smtp.session import ClientSession
 from gateway.types import Phase, SessionInfo
 
 log = logging.getLogger(__name__)
@@ -70,24 +69,14 @@ class MailmoatSMTP(SMTP):
         )
         self.state = state
         self.config = config
-        self.conn_id = new_connection_id()
-        self.seq = 0
-        self.client_ip = ""
-        self.client_port = 0
-        self.refusal: str | None = None
-        self.registered = False
-        self.backend: BackendSession | None = None
-        self.mail_pending = False
-        self.errors = 0  # error replies since the last message taken (see max_errors)
-        self.rcpt_overflow = False  # a recipient over max_recipients was refused (and recorded)
-        self.helo_checked = False  # the HELO phase's checks ran (once, at the first MAIL)
+        # Everything about this client connection lives in its session, not on the protocol.
+        self.client = ClientSession()
 
-    # --- identity and events ---
+    # --- identity ---
 
     def next_event_id(self) -> str:
         """Connection id plus '.N': one number per event in this connection."""
-        self.seq += 1
-        return f"{self.conn_id}.{self.seq}"
+        return self.client.next_event_id()
 
     def tls_description(self) -> str:
         """Cipher and protocol when STARTTLS is in effect, '' otherwise."""
@@ -95,18 +84,6 @@ class MailmoatSMTP(SMTP):
             return ""
         cipher = self.transport.get_extra_info("cipher")
         return f"{cipher[1]} {cipher[0]}" if cipher else "tls"
-
-    def backend_session(self, backend: Backend) -> BackendSession:
-        """The backend session of this client connection, created on first use."""
-        if self.backend is None:
-            self.backend = backend.session()
-        return self.backend
-
-    async def close_backend(self) -> None:
-        """Close the backend session, if any."""
-        session, self.backend = self.backend, None
-        if session is not None:
-            await session.close()
 
     # --- connection accounting ---
 
@@ -116,18 +93,18 @@ class MailmoatSMTP(SMTP):
         if not first:
             return
         peer = transport.get_extra_info("peername") or ("", 0)
-        self.client_ip, self.client_port = str(peer[0]), int(peer[1])
+        self.client.client_ip, self.client.client_port = str(peer[0]), int(peer[1])
         state, cfg = self.state, self.config
         if state.draining:
-            self.refusal = replies.S421_SHUTTING_DOWN
+            self.client.refusal = replies.S421_SHUTTING_DOWN
         elif len(state.protocols) >= cfg.max_connections:
-            self.refusal = replies.S421_TOO_MANY_CONNECTIONS
-        elif state.per_ip.count(self.client_ip) >= cfg.max_connections_per_ip:
-            self.refusal = replies.S421_TOO_MANY_FROM_IP
+            self.client.refusal = replies.S421_TOO_MANY_CONNECTIONS
+        elif state.per_ip.count(self.client.client_ip) >= cfg.max_connections_per_ip:
+            self.client.refusal = replies.S421_TOO_MANY_FROM_IP
         else:
             state.protocols.add(self)
-            state.per_ip.add(self.client_ip, 1)
-            self.registered = True
+            state.per_ip.add(self.client.client_ip, 1)
+            self.client.registered = True
 
     def eof_received(self) -> bool | None:
         # aiosmtpd stops reading at EOF but keeps the transport half-open, so a client that
@@ -139,35 +116,37 @@ class MailmoatSMTP(SMTP):
         return False
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self.registered:
-            self.registered = False
+        if self.client.registered:
+            self.client.registered = False
             self.state.protocols.discard(self)
-            self.state.per_ip.add(self.client_ip, -1)
+            self.state.per_ip.add(self.client.client_ip, -1)
             if not self.state.protocols:
                 self.state.idle.set()
-        if self.backend is not None:
-            task = self.loop.create_task(self.close_backend())
+        if self.client.backend is not None:
+            task = self.loop.create_task(self.client.close_backend())
             self.state.tasks.add(task)
             task.add_done_callback(self.state.tasks.discard)
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        if self.refusal is not None:
-            log.warning("refused connection from %s: %s", self.client_ip, self.refusal)
+        if self.client.refusal is not None:
+            log.warning(
+                "refused connection from %s: %s", self.client.client_ip, self.client.refusal
+            )
             handler: ProxyHandler = self.event_handler
             await handler.gateway.record(
                 SecurityEvent(
                     id=self.next_event_id(),
                     kind=EventKind.CONNECTION_REFUSED,
-                    client_ip=self.client_ip,
+                    client_ip=self.client.client_ip,
                     action="refused",
-                    smtp_reply=self.refusal,
+                    smtp_reply=self.client.refusal,
                 )
             )
-            self.goodbye(self.refusal)
+            self.goodbye(self.client.refusal)
             return
         handler = self.event_handler
-        info = SessionInfo(client_ip=self.client_ip)
+        info = SessionInfo(client_ip=self.client.client_ip)
         refusal = await handler.service.early(Phase.CONNECT, info, self.next_event_id)
         if refusal is not None:
             self.goodbye(refusal)
@@ -179,7 +158,7 @@ class MailmoatSMTP(SMTP):
     @property
     def in_transaction(self) -> bool:
         """From the start of MAIL to the reply to DATA."""
-        return self.mail_pending or (
+        return self.client.mail_pending or (
             self.envelope is not None and self.envelope.mail_from is not None
         )
 
@@ -209,7 +188,7 @@ class MailmoatSMTP(SMTP):
                 SecurityEvent(
                     id=self.next_event_id(),
                     kind=EventKind.DATA_REFUSED,
-                    client_ip=self.client_ip,
+                    client_ip=self.client.client_ip,
                     helo=self.session.host_name or "" if self.session else "",
                     action="refused",
                     smtp_reply=text,
@@ -220,9 +199,9 @@ class MailmoatSMTP(SMTP):
             if self.transport is not None:
                 self.transport.close()
         elif text.startswith(("4", "5")) and not text.startswith(replies.S452_TOO_MANY_RCPTS):
-            self.errors += 1
-            if self.errors >= self.config.max_errors:
-                log.warning("%s: %d errors, closing", self.conn_id, self.errors)
+            self.client.errors += 1
+            if self.client.errors >= self.config.max_errors:
+                log.warning("%s: %d errors, closing", self.client.conn_id, self.client.errors)
                 self.goodbye(replies.S421_TOO_MANY_ERRORS)
         elif self.state.draining and not self.in_transaction:
             self.goodbye(replies.S421_SHUTTING_DOWN)
@@ -247,7 +226,7 @@ class MailmoatSMTP(SMTP):
             self._reset_timeout()
 
     def _timeout_cb(self) -> None:
-        log.info("%s: timeout, closing", self.conn_id)
+        log.info("%s: timeout, closing", self.client.conn_id)
         self.goodbye("421 4.4.2 Timeout, closing connection")
 
 
@@ -299,7 +278,7 @@ class SmtpServer:
             except TimeoutError:
                 pass
         for protocol in list(self.state.protocols):
-            log.warning("%s: still busy after %ss grace, closing", protocol.conn_id, grace)
+            log.warning("%s: still busy after %ss grace, closing", protocol.client.conn_id, grace)
             protocol.goodbye(replies.S421_SHUTTING_DOWN)
         if self.server is not None:
             await self.server.wait_closed()
