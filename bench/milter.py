@@ -77,7 +77,8 @@ def main(total: int) -> None:
         sections: dict[str, dict[str, Any]] = {
             "server": {"listen": f"127.0.0.1:{smtp_port}" if smtp_port else "", "metrics_listen": "",
                        "pid_file": str(tmp / "pid"), "max_connections": 500,
-                       "max_connections_per_ip": 500, "hostname": "mx.bench"},
+                       "max_connections_per_ip": 500, "hostname": "mx.bench",
+                       "accept_domains": ["example.test"]},
             "milter": {"listen": f"127.0.0.1:{milter_port}" if milter_port else ""},
             "backend": {"kind": "smtp", "host": "127.0.0.1", "port": backend_port},
             "store": {"path": str(tmp / f"store-{time.time()}"), "retain_sample_rate": 0.1},

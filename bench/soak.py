@@ -204,7 +204,8 @@ def main(seconds: float, connections: int) -> int:
     config = write_config(tmp / "gateway.toml", {
         "server": {"listen": f"127.0.0.1:{port}", "metrics_listen": "",
                    "pid_file": str(tmp / "pid"), "max_connections": 1000,
-                   "max_connections_per_ip": 100, "hostname": "mx.bench"},
+                   "max_connections_per_ip": 100, "hostname": "mx.bench",
+                   "accept_domains": ["example.test"]},
         "backend": {"kind": "smtp", "host": "127.0.0.1", "port": sink.port},
         "store": {"path": str(store), "retain_sample_rate": 0.1},
         "antivirus": {"address": clamd.address},

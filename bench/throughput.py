@@ -237,7 +237,8 @@ def main(total: int, quick: bool) -> None:
     ) -> Path:
         sections: dict[str, dict[str, Any]] = {
             "server": {"listen": f"127.0.0.1:{listen_port}", "metrics_listen": "", "pid_file": str(tmp / "pid"),
-                       "max_connections": 500, "max_connections_per_ip": 500, "hostname": "mx.bench"},
+                       "max_connections": 500, "max_connections_per_ip": 500, "hostname": "mx.bench",
+                       "accept_domains": ["example.test"]},
             "backend": {"kind": "smtp", "host": "127.0.0.1", "port": backend_port},
             "store": {"path": str(tmp / f"store-{len(enabled)}-{time.time()}"), "retain_sample_rate": 0.1},
             "antivirus": {"address": clamd.address},

@@ -81,8 +81,12 @@ class ServerConfig(FrozenModel):
     max_recipients: PositiveInt = 100
     # Recipient domains this gateway accepts mail for (".example.com" also takes
     # subdomains); others get 550 5.7.1 at RCPT, so the gateway is never an open relay.
-    # Empty: every domain the backend accepts.
+    # Empty is allowed only with the local maildir backend, or with allow_open_relay: an SMTP
+    # backend that trusts us (Postfix trusts loopback) would otherwise relay anywhere.
     accept_domains: list[str] = Field(default_factory=list)
+    # Take recipients of any domain although the backend is an MTA: only where something
+    # else already refuses relaying (the backend checks recipients itself, as a store does).
+    allow_open_relay: bool = False
     max_line_length: Annotated[int, Field(ge=1000)] = 4096
     # Error replies (4xx/5xx, but not 452 for recipients over the limit) without a message
     # taken in between, after which the session is closed with 421: dictionary attacks and
@@ -439,6 +443,16 @@ def _check_cross_fields(settings: Settings, origin: str) -> None:
             ipaddress.ip_address(host)
         except ValueError as exc:
             raise ConfigError(f"{origin}: server.listen: {host!r} is not an IP address") from exc
+    if server.listen and settings.backend.kind != "maildir" and not server.accept_domains:
+        if not server.allow_open_relay:
+            raise ConfigError(
+                f"{origin}: server.accept_domains is empty and the backend is an "
+                f"{settings.backend.kind.upper()} server: Mailmoat would pass on mail for any "
+                "domain, and a backend that trusts it (Postfix trusts loopback) would relay it "
+                "to the internet: an open relay. List the domains you receive mail for in "
+                "server.accept_domains, or set server.allow_open_relay = true if the backend "
+                "refuses relaying itself"
+            )
     if not server.listen and not settings.milter.listen:
         raise ConfigError(
             f"{origin}: nothing to serve: set server.listen (SMTP proxy), milter.listen, or both"

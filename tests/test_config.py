@@ -25,6 +25,7 @@ def test_file_and_environment_with_env_winning(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("MAILMOAT_SERVER__LISTEN", "[::1]:2626")
     monkeypatch.setenv("MAILMOAT_BACKEND__KIND", "smtp")
+    monkeypatch.setenv("MAILMOAT_SERVER__ACCEPT_DOMAINS", '["example.org"]')
     monkeypatch.setenv("MAILMOAT_ANTIVIRUS__ADDRESS", "127.0.0.1:3310")
     settings = load_settings(path)
     assert settings.server.listen_address == ("::1", 2626)
@@ -121,3 +122,19 @@ def test_shipped_example_config_is_valid():
     example = Path(__file__).resolve().parents[1] / "config" / "mailmoat.example.toml"
     settings = load_settings(example)
     assert settings.check_section("headers") == {"enabled": True}
+
+
+def test_an_mta_backend_without_accept_domains_is_refused_as_an_open_relay(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[backend]\nkind = "smtp"\nhost = "127.0.0.1"\nport = 25\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+    assert "open relay" in str(refused.value)
+    assert "server.accept_domains" in str(refused.value)
+    path.write_text(path.read_text() + '[server]\naccept_domains = ["example.org"]\n')
+    assert load_settings(path).server.accept_domains == ["example.org"]
+    path.write_text('[backend]\nkind = "smtp"\n[server]\nallow_open_relay = true\n')
+    assert load_settings(path).server.allow_open_relay
+    # The maildir backend delivers locally: nothing to relay.
+    path.write_text('[backend]\nkind = "maildir"\n')
+    assert load_settings(path).backend.kind == "maildir"

@@ -47,6 +47,7 @@ def console(tmp_path_factory, sink):
         "store": {"path": str(tmp / "store")},
         "backend": {"kind": "smtp", "host": "127.0.0.1", "port": controller.port},
         "web": {"secret_file": str(tmp / "secret")},
+        "server": {"accept_domains": ["example.test"]},
     })  # fmt: skip
     settings = load_settings(config)
     store = SqliteStore(settings.store.database)
