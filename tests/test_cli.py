@@ -192,3 +192,16 @@ def test_log_level_asked_for_is_kept_and_serve_defaults_to_its_events():
     assert log_level("serve", "WARNING") == "WARNING"  # was raised to INFO regardless
     assert log_level("events", None) == "WARNING"
     assert log_level("scan", "DEBUG") == "DEBUG"
+
+
+def test_output_cut_short_by_a_pipe_exits_quietly():
+    """`mailmoat ... | head`: the reader goes away; no BrokenPipeError traceback, exit 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "rules", "schema"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    proc.stdout.close()  # closed long before the command (a second to start) writes
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert b"Traceback" not in stderr
