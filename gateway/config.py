@@ -443,16 +443,16 @@ def _check_cross_fields(settings: Settings, origin: str) -> None:
             ipaddress.ip_address(host)
         except ValueError as exc:
             raise ConfigError(f"{origin}: server.listen: {host!r} is not an IP address") from exc
-    if server.listen and settings.backend.kind != "maildir" and not server.accept_domains:
-        if not server.allow_open_relay:
-            raise ConfigError(
-                f"{origin}: server.accept_domains is empty and the backend is an "
-                f"{settings.backend.kind.upper()} server: Mailmoat would pass on mail for any "
-                "domain, and a backend that trusts it (Postfix trusts loopback) would relay it "
-                "to the internet: an open relay. List the domains you receive mail for in "
-                "server.accept_domains, or set server.allow_open_relay = true if the backend "
-                "refuses relaying itself"
-            )
+    open_relay = settings.backend.kind != "maildir" and not server.accept_domains
+    if server.listen and open_relay and not server.allow_open_relay:
+        raise ConfigError(
+            f"{origin}: server.accept_domains is empty and the backend is an "
+            f"{settings.backend.kind.upper()} server: Mailmoat would pass on mail for any "
+            "domain, and a backend that trusts it (Postfix trusts loopback) would relay it "
+            "to the internet: an open relay. List the domains you receive mail for in "
+            "server.accept_domains, or set server.allow_open_relay = true if the backend "
+            "refuses relaying itself"
+        )
     if not server.listen and not settings.milter.listen:
         raise ConfigError(
             f"{origin}: nothing to serve: set server.listen (SMTP proxy), milter.listen, or both"
