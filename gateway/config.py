@@ -176,6 +176,10 @@ class BackendConfig(FrozenModel):
     # deliver, and the retry is a duplicate: 480 s leaves room for the scan within the
     # client's 600 s. A duplicate is the safe side of that race (RFC 5321 6.1), a loss is not.
     data_timeout: PositiveFloat = 480.0
+    # Tell an SMTP backend who the real client is, so its logs, restrictions and Received
+    # header name it instead of us: "xforward" (Postfix: smtpd_authorized_xforward_hosts),
+    # "xclient" (smtpd_authorized_xclient_hosts), or "off". Used only if the backend offers it.
+    forward_client: Literal["xforward", "xclient", "off"] = "xforward"
     path: Path = Path("var/maildir")
 
 

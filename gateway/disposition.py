@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import email.utils
+import re
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 from gateway.auth.results import authserv_id_of, strip_forged
 from gateway.message import iter_header_fields, split_header_block
@@ -56,6 +59,38 @@ def verdict_headers(verdict: Verdict, event_id: str) -> list[tuple[str, str]]:
     if failed:
         fields.append(("X-Mailmoat-Unscanned", ", ".join(failed)))
     return fields
+
+
+_HELO_UNSAFE = re.compile(r"[^!-~]")
+
+
+def received(
+    helo: str,
+    client_ip: str,
+    by: str,
+    protocol: str,
+    event_id: str,
+    rcpts: Sequence[str],
+    tls: str = "",
+    when: datetime | None = None,
+) -> tuple[str, str]:
+    """Our trace field (RFC 5321 4.4): who handed us the message, and to whom it goes.
+
+    Only the client's address is vouched for; its HELO is quoted as said, made safe (no
+    spaces or controls), and no reverse-DNS name is looked up (that would cost a lookup per
+    message; the store's own checks may do it from the address).
+    """
+    said = _HELO_UNSAFE.sub("?", helo)[:255] or "unknown"
+    literal = f"IPv6:{client_ip}" if ":" in client_ip else client_ip
+    sent_by = f"from {said} ([{literal}])" if client_ip else f"from {said}"
+    with_tls = f" ({tls})" if tls else ""
+    single = f" for <{rcpts[0]}>" if len(rcpts) == 1 else ""
+    stamp_time = email.utils.format_datetime((when or datetime.now(UTC)).astimezone())
+    value = (
+        f"{sent_by} by {by} (Mailmoat){with_tls} with {protocol} id {event_id}{single}; "
+        f"{stamp_time}"
+    )
+    return "Received", value
 
 
 def fold(name: str, value: str) -> bytes:

@@ -87,12 +87,17 @@ class MessageService:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def process(
-        self, ctx: ScanContext, delivery: Delivery, front: Mapping[str, Any] | None = None
+        self,
+        ctx: ScanContext,
+        delivery: Delivery,
+        front: Mapping[str, Any] | None = None,
+        trace: tuple[str, str] | None = None,
     ) -> Outcome:
         """Scan, dispose, record: the reply is returned only once the event is committed.
 
         ``front`` holds what the front knows beyond the envelope (the MTA's queue id and
-        macros for the milter); it goes into the event's details.
+        macros for the milter); it goes into the event's details. ``trace`` is the Received
+        field of a front that passes the message on itself (the proxy; an MTA adds its own).
         """
         gateway = self.gateway
         env = ctx.envelope
@@ -109,9 +114,9 @@ class MessageService:
         result = await gateway.pipeline.scan(ctx)
         verdict = result.verdict
         action = verdict.action
-        headers: tuple[tuple[str, str], ...] = ()
+        headers: tuple[tuple[str, str], ...] = (trace,) if trace else ()
         if gateway.settings.policy.add_headers:
-            headers = (*ctx.added_headers, *verdict_headers(verdict, env.id))
+            headers = (*headers, *ctx.added_headers, *verdict_headers(verdict, env.id))
 
         # 3. Dispose.
         backend_reply = ""

@@ -19,6 +19,7 @@ import aiosmtplib
 
 from gateway.config import BackendConfig
 from gateway.errors import RelayError
+from gateway.types import SessionInfo
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,14 @@ class Reply:
 
 
 class BackendSession(Protocol):
-    """One transaction stream to the backend; RelayError means 'unreachable or lost'."""
+    """One transaction stream to the backend; RelayError means 'unreachable or lost'.
 
-    async def mail(self, sender: str, options: Sequence[str]) -> Reply: ...
+    ``client`` at MAIL is who connected to us, for a backend that can be told (XFORWARD).
+    """
+
+    async def mail(
+        self, sender: str, options: Sequence[str], client: SessionInfo | None = None
+    ) -> Reply: ...
     async def rcpt(self, recipient: str) -> Reply: ...
     async def data(self, message: bytes) -> Reply: ...
     async def rset(self) -> None: ...
@@ -78,6 +84,7 @@ class SmtpBackendSession:
         self.backend = backend
         self.client: aiosmtplib.SMTP | None = None
         self.encoding = "ascii"
+        self.forwarded_client = False  # XCLIENT sent on this connection
 
     async def _connect(self) -> aiosmtplib.SMTP:
         if self.client is not None and self.client.is_connected:
@@ -105,6 +112,7 @@ class SmtpBackendSession:
             client.close()
             raise RelayError(f"backend {cfg.host}:{cfg.port}: {exc}") from exc
         self.client = client
+        self.forwarded_client = False
         return client
 
     async def _call(self, name: str, call: Awaitable[aiosmtplib.SMTPResponse]) -> Reply:
@@ -127,8 +135,15 @@ class SmtpBackendSession:
             raise RelayError("backend connection is closed")
         return self.client
 
-    async def mail(self, sender: str, options: Sequence[str]) -> Reply:
+    async def mail(
+        self, sender: str, options: Sequence[str], client_info: SessionInfo | None = None
+    ) -> Reply:
         client = await self._connect()
+        if client_info is not None:
+            refused = await self._forward_client(client, client_info)
+            if refused is not None:
+                return refused
+            client = self._connected()
         forwarded: list[str] = []
         wanted = {opt.upper() for opt in options}
         if "BODY=8BITMIME" in wanted and client.supports_extension("8BITMIME"):
@@ -142,6 +157,39 @@ class SmtpBackendSession:
         return await self._call(
             "MAIL", client.mail(sender, options=forwarded, encoding=self.encoding, timeout=timeout)
         )
+
+    async def _forward_client(self, client: aiosmtplib.SMTP, info: SessionInfo) -> Reply | None:
+        """XFORWARD (each transaction) or XCLIENT (once a connection), where offered.
+
+        Postfix then logs, checks and stamps the real client, not us (its XFORWARD_README
+        and XCLIENT_README). A refusal is returned as the reply to MAIL.
+        """
+        mode = self.backend.config.forward_client
+        if mode == "off" or not client.supports_extension(mode):
+            return None
+        if mode == "xclient" and self.forwarded_client:
+            return None  # XCLIENT lasts for the connection
+        offered = set(client.esmtp_extensions.get(mode, "").upper().split())
+        values = forward_attributes(info, xclient=mode == "xclient")
+        pairs = [f"{name}={xtext(value)}" for name, value in values.items() if name in offered]
+        timeout = self.backend.config.command_timeout
+        # Lines under 512 octets (RFC 5321 4.5.3.1.4): a few attributes per command.
+        for start in range(0, len(pairs), 3):
+            command = client.execute_command(
+                mode.upper().encode(), *(p.encode() for p in pairs[start : start + 3]),
+                timeout=timeout,
+            )  # fmt: skip
+            reply = await self._call(mode.upper(), command)
+            if mode == "xclient" and reply.code == 220:
+                # XCLIENT starts the session again and the client greets anew: with the real
+                # client's HELO name, or that EHLO would replace the one just forwarded.
+                helo = info.helo or self.backend.local_hostname
+                await self._call("EHLO", client.ehlo(hostname=helo, timeout=timeout))
+                continue
+            if not reply.ok:
+                return Reply(reply.code, reply.text)
+        self.forwarded_client = True
+        return None
 
     async def rcpt(self, recipient: str) -> Reply:
         client = self._connected()
@@ -177,6 +225,31 @@ class SmtpBackendSession:
                 client.close()
         else:
             client.close()
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 4 xtext: '+', '=' and anything outside '!'..'~' as +HH (UTF-8 bytes)."""
+    out = []
+    for byte in value.encode("utf-8"):
+        char = chr(byte)
+        out.append(char if 33 <= byte <= 126 and char not in "+=" else f"+{byte:02X}")
+    return "".join(out)
+
+
+def forward_attributes(info: SessionInfo, xclient: bool = False) -> dict[str, str]:
+    """The client as XFORWARD/XCLIENT attributes ([UNAVAILABLE] for what we do not know)."""
+    unknown = "[UNAVAILABLE]"
+    attributes = {
+        "NAME": info.client_name or unknown,
+        "ADDR": info.client_ip or unknown,
+        "PORT": str(info.client_port) if info.client_port else unknown,
+        "PROTO": "ESMTP" if info.protocol.startswith("ESMTP") else "SMTP",
+        "HELO": info.helo or unknown,
+    }
+    if not xclient:
+        attributes["IDENT"] = info.session_id or unknown
+        attributes["SOURCE"] = "REMOTE"
+    return attributes
 
 
 # --- Maildir --------------------------------------------------------------------------
@@ -254,7 +327,9 @@ class MaildirSession:
         self.root = root
         self.recipients: list[str] = []
 
-    async def mail(self, sender: str, options: Sequence[str]) -> Reply:
+    async def mail(
+        self, sender: str, options: Sequence[str], client: SessionInfo | None = None
+    ) -> Reply:
         self.recipients = []
         return Reply(250, "2.1.0 OK")
 

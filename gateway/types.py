@@ -65,6 +65,9 @@ class SessionInfo:
     mail_from: str = ""
     rcpt: str = ""
     tls: str = ""
+    client_port: int = 0
+    protocol: str = "ESMTP"  # SMTP after HELO, ESMTP after EHLO, ESMTPS with TLS (RFC 3848)
+    session_id: str = ""  # our connection id: XFORWARD's IDENT, found in our events
 
 
 @dataclass(frozen=True, slots=True)

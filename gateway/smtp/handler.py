@@ -7,6 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from gateway.context import Envelope, ScanContext
+from gateway.disposition import received
 from gateway.errors import RelayError
 from gateway.events import EventKind, SecurityEvent
 from gateway.message_service import Headers, MessageService
@@ -105,13 +106,18 @@ class ProxyHandler:
     def session_info(
         self, server: MailmoatSMTP, session: Any, mail_from: str | None = None, rcpt: str = ""
     ) -> SessionInfo:
-        """What the checks of an early phase see of this connection."""
+        """What the checks of an early phase (and the backend, by XFORWARD) see of it."""
+        tls = server.tls_description()
+        protocol = "ESMTP" if getattr(session, "extended_smtp", True) else "SMTP"
         return SessionInfo(
             client_ip=server.client.client_ip,
             helo=session.host_name or "",
             mail_from=reverse_path(mail_from),
             rcpt=rcpt,
-            tls=server.tls_description(),
+            tls=tls,
+            client_port=server.client.client_port,
+            protocol=protocol + ("S" if tls else ""),
+            session_id=server.client.conn_id,
         )
 
     async def _mail(
@@ -128,7 +134,7 @@ class ProxyHandler:
             return refusal
         backend = server.client.backend_session(self.gateway.backend)
         try:
-            reply = await backend.mail(reverse_path(address), options)
+            reply = await backend.mail(reverse_path(address), options, info)
         except RelayError as exc:
             log.warning("%s: MAIL: %s", server.client.conn_id, exc)
             return await self._refused_step(
@@ -206,10 +212,14 @@ class ProxyHandler:
             tls=server.tls_description(),
             mail_options=tuple(envelope.mail_options),
         )
+        protocol = self.session_info(server, session).protocol
+        trace = received(
+            env.helo, env.client_ip, self.gateway.hostname, protocol, env.id, env.rcpts, env.tls
+        )
         try:
             backend = server.client.backend_session(self.gateway.backend)
             outcome = await self.service.process(
-                ScanContext(env), BackendDelivery(backend, self.service)
+                ScanContext(env), BackendDelivery(backend, self.service), trace=trace
             )
         finally:
             server.resume_timeout()
