@@ -21,8 +21,10 @@ CLIENT_IP = "127.0.0.2"
 
 
 def test_received_field_follows_rfc5321():
-    name, value = received("client.example.test", "2001:db8::7", "mx.test", "ESMTPS",
-                           "6b0f00000000abcd.1", ["bob@example.test"], "TLSv1.3 TLS_AES_256")  # fmt: skip
+    name, value = received(
+        "client.example.test", "2001:db8::7", "mx.test", "ESMTPS",
+        "6b0f00000000abcd.1", ["bob@example.test"], "TLSv1.3 TLS_AES_256",
+    )  # fmt: skip
     assert name == "Received"
     assert value.startswith(
         "from client.example.test ([IPv6:2001:db8::7]) by mx.test (Mailmoat) "
@@ -30,7 +32,8 @@ def test_received_field_follows_rfc5321():
     )
     # A HELO is the client's word: quoted made safe, never able to break the field.
     _, hostile = received("evil\r\nX-Injected: 1 (", "192.0.2.1", "mx.test", "ESMTP", "i.1", [])
-    assert "\r" not in hostile and "\n" not in hostile
+    assert "\r" not in hostile
+    assert "\n" not in hostile
     assert hostile.startswith("from evil??X-Injected:?1?( ([192.0.2.1])")
     assert " for <" not in hostile  # no single recipient named when there are none or many
 
