@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gateway.errors import ConfigError
 from gateway.pipeline import ScanResult
 from gateway.types import Status
 
@@ -119,6 +120,9 @@ async def serve_metrics(metrics: Metrics, ready: Readiness, host: str, port: int
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, host, port)
+    try:
+        server = await asyncio.start_server(handle, host, port)
+    except OSError as exc:
+        raise ConfigError(f"server.metrics_listen: cannot listen on {host}:{port}: {exc}") from exc
     log.info("metrics, healthz and readyz on %s:%s", host, port)
     return server

@@ -205,3 +205,28 @@ def test_output_cut_short_by_a_pipe_exits_quietly():
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert b"Traceback" not in stderr
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path):
+    """The operator reads what is wrong, not a traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "c.toml"
+        config.write_text(
+            f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = 1\nmetrics_listen = ""\n'
+            f'pid_file = "{tmp_path / "pid"}"\n[store]\npath = "{tmp_path / "store"}"\n'
+            "[checks.antivirus]\nenabled = false\n[checks.classifier]\nenabled = false\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            capture_output=True, text=True, timeout=120, check=False,
+            cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"mailmoat: server.listen: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Address already in use" in done.stderr

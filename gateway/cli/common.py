@@ -65,3 +65,24 @@ def read_message(path: Path) -> bytes:
     if data.startswith(b"From "):
         _, _, data = data.partition(b"\n")
     return data
+
+
+def ask_to_reload(settings: Settings, what: str) -> int:
+    """SIGHUP to the gateway named by the pid file; 1 when none is running."""
+    import signal
+
+    pid_file = settings.server.pid_file
+    try:
+        pid = int(pid_file.read_text().strip()) if pid_file else 0
+    except (OSError, ValueError):
+        pid = 0
+    if pid <= 0:
+        print(f"mailmoat: no running gateway (pid file {pid_file})", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"mailmoat: no gateway with pid {pid} (stale pid file {pid_file})", file=sys.stderr)
+        return 1
+    print(f"{what}; asked the gateway (pid {pid}) to reload")
+    return 0

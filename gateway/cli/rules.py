@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.cli.common import iter_message_files, read_message, settings_of
+from gateway.cli.common import ask_to_reload, iter_message_files, read_message, settings_of
 from gateway.config import Settings
 from gateway.context import Envelope, ScanContext, new_connection_id
 from gateway.events import SqliteStore, parse_time
@@ -91,24 +90,12 @@ def cmd_rules_lint(args: argparse.Namespace) -> int:
 
 
 def _rules_reload(args: argparse.Namespace) -> int:
-    import signal
-
     from gateway.pipeline import known_symbols
     from gateway.policy.rules import load_rules
 
     settings = settings_of(args)
     load_rules(settings.rules.paths, known_symbols([]))  # refuse before bothering the service
-    pid_file = settings.server.pid_file
-    try:
-        pid = int(pid_file.read_text().strip()) if pid_file else 0
-    except (OSError, ValueError):
-        pid = 0
-    if pid <= 0:
-        print(f"mailmoat: no running gateway (pid file {pid_file})", file=sys.stderr)
-        return 1
-    os.kill(pid, signal.SIGHUP)
-    print(f"rules valid; asked the gateway (pid {pid}) to reload")
-    return 0
+    return ask_to_reload(settings, "rules valid")
 
 
 async def _rules_test(args: argparse.Namespace) -> int:

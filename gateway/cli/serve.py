@@ -9,7 +9,7 @@ import logging
 import socket
 from pathlib import Path
 
-from gateway.cli.common import settings_of
+from gateway.cli.common import ask_to_reload, settings_of
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 from gateway.pipeline import Pipeline
@@ -24,6 +24,17 @@ def add_parsers(
 ) -> None:
     serve = sub.add_parser("serve", parents=[common], help="run the gateway (SMTP proxy, milter)")
     serve.set_defaults(func=cmd_serve)
+    reload = sub.add_parser(
+        "reload", parents=[common], help="check the config, then make the gateway reload it"
+    )
+    reload.set_defaults(func=cmd_reload)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """What `systemctl reload` runs: refuse a config the gateway would refuse, then SIGHUP."""
+    settings = settings_of(args)
+    Pipeline.from_settings(settings)  # a ConfigError here is one line and exit 2
+    return ask_to_reload(settings, "config valid")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -39,12 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     sock = milter_sock = None
     if settings.server.listen:
-        try:
-            sock = listening_socket(settings.server)
-        except OSError as exc:
-            raise ConfigError(
-                f"server.listen: cannot listen on {settings.server.listen}: {exc}"
-            ) from exc
+        sock = listening_socket(settings.server)
     if settings.milter.listen:
         milter_sock = milter_socket(settings.milter)
     # The last good pipeline, kept here: a worker that dies is forked again from it, so a

@@ -12,6 +12,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 
 from gateway.config import ServerConfig
+from gateway.errors import ConfigError
 from gateway.events import EventKind, SecurityEvent
 from gateway.service import Gateway
 from gateway.smtp import replies
@@ -292,15 +293,19 @@ def listening_socket(config: ServerConfig) -> socket.socket:
     to workers instead and can pile them on a busy one (a longer tail of latencies).
     """
     host, port = config.listen_address
-    if host == "*":
-        dual = socket.has_dualstack_ipv6()
-        family = socket.AF_INET6 if dual else socket.AF_INET
-        sock = socket.create_server(
-            ("", port), family=family, dualstack_ipv6=dual, backlog=LISTEN_BACKLOG
-        )
-    else:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+    try:
+        if host == "*":
+            dual = socket.has_dualstack_ipv6()
+            family = socket.AF_INET6 if dual else socket.AF_INET
+            sock = socket.create_server(
+                ("", port), family=family, dualstack_ipv6=dual, backlog=LISTEN_BACKLOG
+            )
+        else:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+    except OSError as exc:
+        # One clear line for the operator (a port in use, no permission for port 25).
+        raise ConfigError(f"server.listen: cannot listen on {config.listen}: {exc}") from exc
     sock.setblocking(False)
     return sock
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
+from gateway.events import EventFilter, SqliteStore
 from tests.conftest import free_port, message, running_gateway, send_message
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -365,3 +366,36 @@ async def test_a_worker_that_dies_is_started_again(sink, config_factory, tmp_pat
             proc.kill()
             await proc.wait()
     assert "starting it again" in log_of(config).read_text()
+
+
+async def test_mailmoat_reload_signals_the_running_gateway(sink, config_factory, tmp_path):
+    port = free_port()
+    config = config_factory(sink.port, server={"listen": f"127.0.0.1:{port}"})
+    proc = await start_process(config)
+    try:
+        await wait_for_port(port)
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "gateway", "reload", "--config", str(config)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert f"asked the gateway (pid {proc.pid}) to reload" in done.stdout
+        store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+        try:
+            async with asyncio.timeout(20):
+                while True:
+                    if store.list(EventFilter(kind="reload", limit=5)):
+                        break
+                    await asyncio.sleep(0.2)
+        finally:
+            store.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+    # Nothing running: a clear answer, not a traceback.
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "gateway", "reload", "--config", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "no running gateway" in done.stderr
