@@ -32,7 +32,9 @@ async def test_header_added_and_forgery_removed(sink, config_factory, dns, keys)
         assert {"SPF_FAIL", "DKIM_VALID", "DMARC_PASS"} <= names
     [received] = await sink.wait_for(1)
     head = received.data.split(b"\r\n\r\n")[0]
-    assert head.startswith(b"Authentication-Results: mx.test;\r\n spf=fail")
+    # Our Received field on top (the trace of this hop), then our Authentication-Results.
+    assert head.startswith(b"Received: from localhost ([127.0.0.1]) by mx.test (Mailmoat)")
+    assert b"\r\nAuthentication-Results: mx.test;\r\n spf=fail" in head
     assert head.count(b"Authentication-Results: mx.test") == 1
     assert b"header.d=bank.test" not in head
     assert foreign.rstrip() in head
