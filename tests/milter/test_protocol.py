@@ -214,3 +214,35 @@ async def test_miltertest_an_independent_client_agrees(config_factory, tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
         [event] = gateway.store.list(EventFilter(kind="message", limit=10))
         assert event.subject == "through miltertest"
+
+
+@pytest.mark.parametrize("where", ["tcp", "unix"])
+async def test_mailmoat_serve_runs_the_milter_in_its_workers(config_factory, tmp_path, where):
+    """`mailmoat serve` with [server] listen = "" and two workers sharing the milter socket."""
+    from tests.smtp.test_lifecycle import log_of, start_process
+
+    port = free_port()
+    listen = f"127.0.0.1:{port}" if where == "tcp" else f"unix:{tmp_path / 'milter.sock'}"
+    config = config_factory(
+        None, server={"listen": "", "workers": 2}, milter={"listen": listen, "socket_mode": "0600"}
+    )
+    proc = await start_process(config)
+    try:
+        async with asyncio.timeout(30):
+            while True:  # both workers listening
+                if log_of(config).read_text().count("milter listening on") == 2:
+                    break
+                await asyncio.sleep(0.1)
+        if where == "unix":
+            sock = tmp_path / "milter.sock"
+            assert oct(sock.stat().st_mode & 0o777) == "0o600"
+            client = Client(*await asyncio.open_unix_connection(str(sock)))
+        else:
+            client = await Client.open(port)
+        await client.negotiate()
+        assert (await client.message(HEADERS, b"through the workers\r\n"))[-1] == p.SMFIR_ACCEPT
+        await client.close()
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+    assert proc.returncode == 0
