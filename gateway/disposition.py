@@ -116,6 +116,17 @@ def stamp(raw: bytes, headers: Sequence[tuple[str, str]], authserv_id: str | Non
     return b"".join(_field(n, v) for n, v in headers) + clean
 
 
+def relabel(message: bytes, actor: str) -> bytes:
+    """A held message as released: its X-Mailmoat-Action says so (not "quarantine")."""
+    block, body = split_header_block(message)
+    fields = [
+        text
+        for name, text in iter_header_fields(block)
+        if name is None or name.lower() != b"x-mailmoat-action"
+    ]
+    return _field("X-Mailmoat-Action", f"release (by {actor})") + b"".join(fields) + body
+
+
 def forged_fields(raw: bytes, authserv_id: str) -> tuple[tuple[str, int], ...]:
     """The fields ``stamp`` would remove, as (name, occurrence of that name, 1-based).
 

@@ -370,22 +370,41 @@ def make_backend(config: BackendConfig, local_hostname: str) -> Backend:
     return MaildirBackend(config)
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What a delivery in a fresh session came to: the final reply, and who was refused."""
+
+    reply: Reply
+    refused: dict[str, Reply]
+
+    @property
+    def ok(self) -> bool:
+        """Every recipient took the message."""
+        return self.reply.ok and not self.refused
+
+
 async def deliver(
     backend: Backend, sender: str, recipients: Sequence[str], message: bytes
-) -> Reply:
-    """Send one message in a fresh session (quarantine release); the first refusal wins."""
+) -> Delivered:
+    """Send one message in a fresh session (quarantine release), to all recipients or none.
+
+    A recipient the backend refuses is reported, and the data is not sent to the others:
+    a release half done could not be told from one not done, and a retry would duplicate.
+    """
     session = backend.session()
     try:
         reply = await session.mail(sender, ["BODY=8BITMIME"])
         if not reply.ok:
-            return reply
-        accepted = 0
-        last = reply
+            return Delivered(reply, {})
+        refused = {}
         for rcpt in recipients:
-            last = await session.rcpt(rcpt)
-            accepted += last.ok
-        if not accepted:
-            return last
-        return await session.data(message)
+            answer = await session.rcpt(rcpt)
+            if not answer.ok:
+                refused[rcpt] = answer
+        if refused:
+            await session.rset()
+            names = ", ".join(f"{r} ({a})" for r, a in refused.items())
+            return Delivered(Reply(550, f"5.1.1 refused by the backend: {names}"), refused)
+        return Delivered(await session.data(message), {})
     finally:
         await session.close()

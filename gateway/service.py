@@ -13,6 +13,7 @@ from gateway import __version__
 from gateway.clients.clamd import ClamdClient, ClamdError
 from gateway.config import Settings, load_settings
 from gateway.context import ScanContext, new_connection_id
+from gateway.disposition import relabel
 from gateway.errors import ConfigError, StoreBusy, StoreError, UnknownIdError
 from gateway.events import (
     EventKind,
@@ -216,9 +217,12 @@ async def release_message(
     A released message was a false positive: that is a label (ham) for retraining.
     """
     entry = await asyncio.to_thread(quarantine.get, message_id)
-    message = await asyncio.to_thread(quarantine.read, message_id)
-    reply = await deliver(backend, entry.mail_from, entry.rcpts, message)
-    if reply.ok:
+    held = await asyncio.to_thread(quarantine.read, message_id)
+    # The copy says what was decided then; what arrives says it was released, and by whom.
+    message = relabel(held, actor)
+    delivered = await deliver(backend, entry.mail_from, entry.rcpts, message)
+    reply = delivered.reply
+    if delivered.ok:
         await asyncio.to_thread(quarantine.set_status, message_id, "released")
         if label_ham:
             try:
@@ -232,9 +236,13 @@ async def release_message(
         rcpts=entry.rcpts,
         subject=entry.subject,
         size=entry.size,
-        action="release" if reply.ok else "release_failed",
+        action="release" if delivered.ok else "release_failed",
         backend_reply=str(reply),
-        details={"quarantine_id": message_id, "actor": actor},
+        details={
+            "quarantine_id": message_id,
+            "actor": actor,
+            "refused": {rcpt: str(answer) for rcpt, answer in delivered.refused.items()},
+        },
     )
     try:
         await asyncio.to_thread(recorder.record, event)

@@ -170,11 +170,14 @@ async def test_quarantined_message_is_released_and_arrives(sink, config_factory)
         assert entry.rcpts == ("bob@example.test",)
         stored = gw.gateway.quarantine.read(entry.id)
         assert b"X-Mailmoat-Action: quarantine" in stored
-        reply = await gw.gateway.release(entry.id)
+        reply = await gw.gateway.release(entry.id, actor="ana")
         assert reply.ok
         [received] = await sink.wait_for(1)
         assert received.rcpts == ["bob@example.test"]
-        assert b"X-Mailmoat-Action: quarantine" in received.data
+        # What arrives says it was released, not that it is in quarantine.
+        assert b"X-Mailmoat-Action: quarantine" not in received.data
+        assert b"X-Mailmoat-Action: release (by ana)" in received.data
+        assert received.data.count(b"X-Mailmoat-Action:") == 1
         assert gw.gateway.quarantine.get(entry.id).status == "released"
         # Quarantined mail is always retained for retraining; a release labels it ham.
         retained = gw.gateway.store.retained(entry.id)
@@ -197,6 +200,24 @@ async def test_release_to_a_down_backend_keeps_the_message_held(sink, config_fac
             await gw.gateway.release(entry.id)
         assert gw.gateway.quarantine.get(entry.id).status == "held"
         assert gw.gateway.quarantine.read(entry.id)
+
+
+async def test_a_release_the_backend_refuses_for_a_recipient_stays_held(sink, config_factory):
+    config = config_factory(sink.port, policy={"force": {"HDR_MISSING_MESSAGE_ID": "quarantine"}})
+    async with running_gateway(config) as gw:
+        # Held for two recipients, one of whom the backend no longer knows by the release.
+        rcpts = ("bob@example.test", "unknown-carol@example.test")
+        gw.gateway.quarantine.hold("6b0f000000000001.1", "a@sender.test", rcpts, "held",
+                                   12.0, "score 12", message(subject="held"))  # fmt: skip
+        [entry] = gw.gateway.quarantine.list()
+        reply = await gw.gateway.release(entry.id)
+        assert not reply.ok
+        assert "unknown-carol@example.test" in reply.text
+        assert sink.messages == []  # not to bob either: all or nothing
+        assert gw.gateway.quarantine.get(entry.id).status == "held"
+        [event] = gw.events(kind="quarantine_release")
+        assert event.action == "release_failed"
+        assert list(event.details["refused"]) == ["unknown-carol@example.test"]
 
 
 async def test_oversized_data_gets_552(sink, config_factory):
