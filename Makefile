@@ -11,7 +11,8 @@ CORPUS ?= ../shared/corpora/spamassassin-public.tar.gz
 
 run: venv tls
 	scripts/clamd start
-	@echo "console: http://127.0.0.1:8025 (create a user: $(BIN)/mailmoat users add admin --role admin)"
+	@$(BIN)/mailmoat config check $(if $(CONFIG),--config $(CONFIG)) | sed -n 's|^  console *|console: |p'
+	@echo "  (create a console user: $(BIN)/mailmoat users add admin --role admin)"
 	$(BIN)/mailmoat web $(if $(CONFIG),--config $(CONFIG)) & web=$$!; \
 	trap 'kill $$web 2>/dev/null' EXIT INT TERM; \
 	MAILMOAT_SERVER__TLS_CERT=var/tls/cert.pem MAILMOAT_SERVER__TLS_KEY=var/tls/key.pem \

@@ -88,6 +88,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"{origin}: {'OK' if not problems else f'{len(problems)} error(s)'}")
     print(f"  listen   {settings.server.listen or '(no SMTP front)'}")
     print(f"  milter   {settings.milter.listen or '(off)'}")
+    print(f"  console  http://{settings.web.listen}")
     backend = settings.backend
     where = f"{backend.host}:{backend.port}" if backend.kind == "smtp" else str(backend.path)
     print(f"  backend  {backend.kind} {where}")
