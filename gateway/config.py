@@ -163,9 +163,12 @@ class MilterConfig(FrozenModel):
 class BackendConfig(FrozenModel):
     """Where accepted mail goes: an SMTP server (before-queue proxy) or a local maildir."""
 
-    kind: Literal["smtp", "maildir"] = "maildir"
+    # "smtp" (before-queue proxy to an MTA), "lmtp" (a store: Dovecot, Cyrus), "maildir".
+    kind: Literal["smtp", "lmtp", "maildir"] = "maildir"
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 25
+    # LMTP over a unix socket instead of host:port (Dovecot: /var/run/dovecot/lmtp).
+    socket: Path | None = None
     starttls: bool = False
     verify_tls: bool = True
     helo: str = ""

@@ -10,7 +10,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -58,9 +58,12 @@ class BackendSession(Protocol):
 
 
 class Backend(Protocol):
-    """A factory of backend sessions."""
+    """A factory of backend sessions, and whether the backend can take mail now."""
 
     def session(self) -> BackendSession: ...
+    async def health(self) -> str | None:
+        """None when it can take mail; what is wrong otherwise (for /readyz)."""
+        ...
 
 
 # --- SMTP -----------------------------------------------------------------------------
@@ -75,6 +78,17 @@ class SmtpBackend:
 
     def session(self) -> SmtpBackendSession:
         return SmtpBackendSession(self)
+
+    async def health(self) -> str | None:
+        cfg = self.config
+        try:
+            async with asyncio.timeout(cfg.connect_timeout):
+                _, writer = await asyncio.open_connection(cfg.host, cfg.port)
+                writer.close()
+                await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            return f"{cfg.host}:{cfg.port}: {exc!r}"
+        return None
 
 
 class SmtpBackendSession:
@@ -319,6 +333,12 @@ class MaildirBackend:
     def session(self) -> MaildirSession:
         return MaildirSession(self.root)
 
+    async def health(self) -> str | None:
+        root = self.root
+        if not os.access(root if root.exists() else root.parent, os.W_OK):
+            return f"{root} is not writable"
+        return None
+
 
 class MaildirSession:
     """A maildir 'session': collects recipients, writes one copy per recipient on DATA."""
@@ -364,10 +384,15 @@ class MaildirSession:
 
 
 def make_backend(config: BackendConfig, local_hostname: str) -> Backend:
-    """The backend named by ``[backend] kind``."""
-    if config.kind == "smtp":
-        return SmtpBackend(config, local_hostname)
-    return MaildirBackend(config)
+    """The backend named by ``[backend] kind``: one factory per kind, here and nowhere else."""
+    from gateway.lmtp import LmtpBackend  # it builds on this module's Reply
+
+    kinds: dict[str, Callable[[BackendConfig, str], Backend]] = {
+        "smtp": SmtpBackend,
+        "lmtp": LmtpBackend,
+        "maildir": lambda cfg, _: MaildirBackend(cfg),
+    }
+    return kinds[config.kind](config, local_hostname)
 
 
 @dataclass(frozen=True, slots=True)

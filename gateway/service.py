@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import random
 from pathlib import Path
 
@@ -171,17 +170,9 @@ class Gateway:
                         problems["clamd"] = "no PONG"
                 except ClamdError as exc:
                     problems["clamd"] = str(exc)
-        backend = self.settings.backend
-        if backend.kind == "smtp":
-            try:
-                async with asyncio.timeout(backend.connect_timeout):
-                    _, writer = await asyncio.open_connection(backend.host, backend.port)
-                    writer.close()
-                    await writer.wait_closed()
-            except (OSError, TimeoutError) as exc:
-                problems["backend"] = f"{backend.host}:{backend.port}: {exc}"
-        elif not os.access(backend.path if backend.path.exists() else backend.path.parent, os.W_OK):
-            problems["backend"] = f"{backend.path} is not writable"
+        backend_problem = await self.backend.health()
+        if backend_problem is not None:
+            problems["backend"] = backend_problem
         if self.store_errors:
             problems["store"] = "; ".join(f"{k}: {v}" for k, v in sorted(self.store_errors.items()))
         if self.settings.rules.enabled and self.pipeline.rules is None:
