@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import socket
+import sys
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -30,7 +31,18 @@ from gateway.errors import ConfigError
 from gateway.types import Action
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SCORES = PROJECT_ROOT / "config" / "scores.toml"
+
+
+def shipped_root() -> Path:
+    """Where the shipped scores, starter rules and model are: the source checkout, or, for
+    an installed wheel, ``<prefix>/share/mailmoat`` (pyproject.toml's data-files)."""
+    if (PROJECT_ROOT / "config" / "scores.toml").is_file() and (PROJECT_ROOT / "rules").is_dir():
+        return PROJECT_ROOT
+    return Path(sys.prefix) / "share" / "mailmoat"
+
+
+SHIPPED = shipped_root()
+DEFAULT_SCORES = SHIPPED / "config" / "scores.toml"
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -231,7 +243,7 @@ class RulesConfig(FrozenModel):
 
     enabled: bool = True
     # Directories (every *.yaml below, lists in lists/*.txt) or single files.
-    paths: list[Path] = Field(default_factory=lambda: [PROJECT_ROOT / "rules"])
+    paths: list[Path] = Field(default_factory=lambda: [SHIPPED / "rules"])
 
 
 class PolicyConfig(FrozenModel):
@@ -320,7 +332,7 @@ class TrainingConfig(FrozenModel):
     target_fpr: Annotated[float, Field(gt=0, lt=0.5)] = 0.001
     # The linear SVM's regularisation (higher fits the training data more closely).
     c: PositiveFloat = 1.0
-    models_dir: Path = PROJECT_ROOT / "models"
+    models_dir: Path = SHIPPED / "models"
     datasets_dir: Path = Path("var/datasets")
     reports_dir: Path = Path("var/reports")
 

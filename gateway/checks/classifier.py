@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Self
 from pydantic import Field
 
 from gateway.checks.base import parse_section
-from gateway.config import PROJECT_ROOT, CheckConfig, Settings
+from gateway.config import SHIPPED, CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.ml.model import SpamModel, current_model_dir, load_model
 from gateway.services import Services
@@ -24,7 +24,7 @@ THREAD_ABOVE_CHARS = 20_000
 class ClassifierConfig(CheckConfig):
     """``[checks.classifier]``."""
 
-    models_dir: Path = PROJECT_ROOT / "models"
+    models_dir: Path = SHIPPED / "models"
     # A model id under models_dir; empty: the one named by models_dir/CURRENT.
     model: str = ""
     # Override the model's own threshold (chosen at training for the target FPR).

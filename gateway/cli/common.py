@@ -9,12 +9,16 @@ import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import Settings, load_settings
 from gateway.events import SqliteStore
 
-# What add_parsers extends (argparse gives it no public name).
-Subparsers = argparse._SubParsersAction
+# What add_parsers extends (argparse gives it no public name; generic for mypy only).
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    Subparsers = argparse._SubParsersAction
 
 
 def setup_logging(level: str, events_to_stderr: bool) -> None:
