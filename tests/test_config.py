@@ -41,7 +41,7 @@ def test_file_and_environment_with_env_winning(tmp_path, monkeypatch):
         ("[server]\nmax_recipients = 0\n", "server.max_recipients"),
         ("[server]\nlisten = 'nope'\n", "server.listen"),
         ("[server]\nlisen = '127.0.0.1:25'\n", "server.lisen"),
-        ("[backend]\nkind = 'lmtp'\n", "backend.kind"),
+        ("[backend]\nkind = 'pop3'\n", "backend.kind"),
         ("[policy]\nforce = { lower = 'reject' }\n", "policy.force"),
         ("[policy]\nforce = { X = 'explode' }\n", "policy.force.X"),
         ("[policy]\ntag = 20\n", "tag <= quarantine <= reject"),
