@@ -172,17 +172,10 @@ class MilterConfig(FrozenModel):
         return value
 
 
-class BackendConfig(FrozenModel):
-    """Where accepted mail goes: an SMTP server (before-queue proxy) or a local maildir."""
+class _NetworkBackend(FrozenModel):
+    """What every backend reached over the network shares."""
 
-    # "smtp" (before-queue proxy to an MTA), "lmtp" (a store: Dovecot, Cyrus), "maildir".
-    kind: Literal["smtp", "lmtp", "maildir"] = "maildir"
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 25
-    # LMTP over a unix socket instead of host:port (Dovecot: /var/run/dovecot/lmtp).
-    socket: Path | None = None
-    starttls: bool = False
-    verify_tls: bool = True
     helo: str = ""
     connect_timeout: PositiveFloat = 10.0
     command_timeout: PositiveFloat = 30.0
@@ -191,11 +184,53 @@ class BackendConfig(FrozenModel):
     # deliver, and the retry is a duplicate: 480 s leaves room for the scan within the
     # client's 600 s. A duplicate is the safe side of that race (RFC 5321 6.1), a loss is not.
     data_timeout: PositiveFloat = 480.0
-    # Tell an SMTP backend who the real client is, so its logs, restrictions and Received
+
+
+class SmtpBackendConfig(_NetworkBackend):
+    """``kind = "smtp"``: a before-queue proxy to an MTA; MAIL and RCPT are mirrored."""
+
+    kind: Literal["smtp"] = "smtp"
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    starttls: bool = False
+    verify_tls: bool = True
+    # Tell the backend who the real client is, so its logs, restrictions and Received
     # header name it instead of us: "xforward" (Postfix: smtpd_authorized_xforward_hosts),
     # "xclient" (smtpd_authorized_xclient_hosts), or "off". Used only if the backend offers it.
     forward_client: Literal["xforward", "xclient", "off"] = "xforward"
+
+    def describe(self) -> str:
+        """Where mail goes, for people."""
+        return f"smtp {self.host}:{self.port}"
+
+
+class LmtpBackendConfig(_NetworkBackend):
+    """``kind = "lmtp"``: a mail store (Dovecot, Cyrus) at host:port or a unix socket."""
+
+    kind: Literal["lmtp"] = "lmtp"
+    port: Annotated[int, Field(ge=1, le=65535)] = 24
+    # LMTP over a unix socket instead of host:port (Dovecot: /var/run/dovecot/lmtp).
+    socket: Path | None = None
+
+    def describe(self) -> str:
+        """Where mail goes, for people."""
+        return f"lmtp unix:{self.socket}" if self.socket else f"lmtp {self.host}:{self.port}"
+
+
+class MaildirBackendConfig(FrozenModel):
+    """``kind = "maildir"``: local delivery, one maildir per recipient, fsync'd before 250."""
+
+    kind: Literal["maildir"] = "maildir"
     path: Path = Path("var/maildir")
+
+    def describe(self) -> str:
+        """Where mail goes, for people."""
+        return f"maildir {self.path}"
+
+
+# ``[backend]``: one model per kind, chosen by ``kind``; a key of another kind is an error.
+BackendConfig = Annotated[
+    SmtpBackendConfig | LmtpBackendConfig | MaildirBackendConfig, Field(discriminator="kind")
+]
 
 
 class StoreConfig(FrozenModel):
@@ -378,7 +413,7 @@ class Settings(BaseSettings):
 
     server: ServerConfig = ServerConfig()
     milter: MilterConfig = MilterConfig()
-    backend: BackendConfig = BackendConfig()
+    backend: BackendConfig = MaildirBackendConfig()
     store: StoreConfig = StoreConfig()
     policy: PolicyConfig = PolicyConfig()
     antivirus: ClamdConfig = ClamdConfig()

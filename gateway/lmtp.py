@@ -14,7 +14,7 @@ import contextlib
 import re
 from collections.abc import Sequence
 
-from gateway.config import BackendConfig
+from gateway.config import LmtpBackendConfig
 from gateway.errors import RelayError
 from gateway.relay import Reply
 from gateway.types import SessionInfo
@@ -37,7 +37,7 @@ def dot_stuffed(message: bytes) -> bytes:
 class LmtpBackend:
     """Deliver to an LMTP server at host:port, or at a unix socket ([backend] socket)."""
 
-    def __init__(self, config: BackendConfig, local_hostname: str) -> None:
+    def __init__(self, config: LmtpBackendConfig, local_hostname: str) -> None:
         self.config = config
         self.local_hostname = config.helo or local_hostname
 

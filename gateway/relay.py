@@ -10,14 +10,14 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
 
-from gateway.config import BackendConfig
+from gateway.config import BackendConfig, MaildirBackendConfig, SmtpBackendConfig
 from gateway.errors import RelayError
 from gateway.types import SessionInfo
 
@@ -72,7 +72,7 @@ class Backend(Protocol):
 class SmtpBackend:
     """Relay to an SMTP server (Postfix, Dovecot, Exchange...) with aiosmtplib."""
 
-    def __init__(self, config: BackendConfig, local_hostname: str) -> None:
+    def __init__(self, config: SmtpBackendConfig, local_hostname: str) -> None:
         self.config = config
         self.local_hostname = config.helo or local_hostname
 
@@ -327,7 +327,7 @@ def maildir_deliver(root: Path, recipient: str, message: bytes) -> Path:
 class MaildirBackend:
     """Local delivery into maildirs under one path, fsync'd before the client hears 250."""
 
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: MaildirBackendConfig) -> None:
         self.root = config.path
 
     def session(self) -> MaildirSession:
@@ -387,12 +387,11 @@ def make_backend(config: BackendConfig, local_hostname: str) -> Backend:
     """The backend named by ``[backend] kind``: one factory per kind, here and nowhere else."""
     from gateway.lmtp import LmtpBackend  # it builds on this module's Reply
 
-    kinds: dict[str, Callable[[BackendConfig, str], Backend]] = {
-        "smtp": SmtpBackend,
-        "lmtp": LmtpBackend,
-        "maildir": lambda cfg, _: MaildirBackend(cfg),
-    }
-    return kinds[config.kind](config, local_hostname)
+    if isinstance(config, SmtpBackendConfig):
+        return SmtpBackend(config, local_hostname)
+    if isinstance(config, MaildirBackendConfig):
+        return MaildirBackend(config)
+    return LmtpBackend(config, local_hostname)
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,7 +97,10 @@ def config_factory(tmp_path: Path) -> Callable[..., Path]:
         }
         for name, values in sections.items():
             key = name.replace("__", ".")
-            merged.setdefault(key, {}).update(values)
+            if key == "backend" and values.get("kind") not in (None, merged[key].get("kind")):
+                merged[key] = dict(values)  # another kind: none of the default's keys apply
+            else:
+                merged.setdefault(key, {}).update(values)
         return write_config(tmp_path / "mailmoat.toml", merged)
 
     return make

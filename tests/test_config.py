@@ -41,7 +41,7 @@ def test_file_and_environment_with_env_winning(tmp_path, monkeypatch):
         ("[server]\nmax_recipients = 0\n", "server.max_recipients"),
         ("[server]\nlisten = 'nope'\n", "server.listen"),
         ("[server]\nlisen = '127.0.0.1:25'\n", "server.lisen"),
-        ("[backend]\nkind = 'pop3'\n", "backend.kind"),
+        ("[backend]\nkind = 'pop3'\n", "backend: Input tag 'pop3' found using 'kind'"),
         ("[policy]\nforce = { lower = 'reject' }\n", "policy.force"),
         ("[policy]\nforce = { X = 'explode' }\n", "policy.force.X"),
         ("[policy]\ntag = 20\n", "tag <= quarantine <= reject"),
@@ -138,3 +138,16 @@ def test_an_mta_backend_without_accept_domains_is_refused_as_an_open_relay(tmp_p
     # The maildir backend delivers locally: nothing to relay.
     path.write_text('[backend]\nkind = "maildir"\n')
     assert load_settings(path).backend.kind == "maildir"
+
+
+def test_each_backend_kind_takes_only_its_own_keys(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[backend]\nkind = "maildir"\nhost = "127.0.0.1"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+    assert "backend.maildir.host" in str(refused.value)
+    path.write_text('[backend]\nkind = "lmtp"\nsocket = "/run/dovecot/lmtp"\n'
+                    '[server]\naccept_domains = ["example.org"]\n')  # fmt: skip
+    backend = load_settings(path).backend
+    assert backend.describe() == "lmtp unix:/run/dovecot/lmtp"
+    assert backend.port == 24  # LMTP's own default

@@ -90,8 +90,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"  milter   {settings.milter.listen or '(off)'}")
     print(f"  console  http://{settings.web.listen}")
     backend = settings.backend
-    where = f"{backend.host}:{backend.port}" if backend.kind == "smtp" else str(backend.path)
-    print(f"  backend  {backend.kind} {where}")
+    print(f"  backend  {backend.describe()}")
     print(f"  store    {settings.store.database}")
     print(f"  checks   {', '.join(c.name for c in pipeline.checks) or '(none)'}")
     if pipeline.rules is not None:
