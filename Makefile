@@ -57,7 +57,7 @@ model: venv
 	$(BIN)/mailmoat model dataset --corpus $(CORPUS) --split md5 --keep-duplicates \
 		--out var/datasets/spamassassin.jsonl.gz
 	$(BIN)/mailmoat model train var/datasets/spamassassin.jsonl.gz --name spamassassin
-	id=$$(ls -t models | grep '^spamassassin-' | head -1); \
+	id=$$(ls -t var/models | grep '^spamassassin-' | head -1); \
 	$(BIN)/mailmoat model evaluate $$id --on var/datasets/spamassassin.jsonl.gz && \
 	$(BIN)/mailmoat model promote $$id
 

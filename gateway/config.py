@@ -367,7 +367,8 @@ class TrainingConfig(FrozenModel):
     target_fpr: Annotated[float, Field(gt=0, lt=0.5)] = 0.001
     # The linear SVM's regularisation (higher fits the training data more closely).
     c: PositiveFloat = 1.0
-    models_dir: Path = SHIPPED / "models"
+    # The model registry (train, promote, rollback): state, filled from the shipped models.
+    models_dir: Path = Path("var/models")
     datasets_dir: Path = Path("var/datasets")
     reports_dir: Path = Path("var/reports")
 

@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Settings
+from gateway.config import SHIPPED, Settings
 from gateway.context import new_connection_id
 from gateway.errors import ConfigError
 from gateway.events import Retained, SecurityEvent, SqliteStore, parse_time
 from gateway.message import ParsedMessage
 from gateway.ml.features import extract
-from gateway.ml.model import load_model
+from gateway.ml.model import load_model, seeded_registry
 from training import dataset as datasets
 from training import registry
 from training.corpus import iter_messages
@@ -73,7 +73,7 @@ def add_model_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
     cfg = settings.training
-    models = cfg.models_dir
+    models = seeded_registry(cfg.models_dir, SHIPPED / "models")
     command = args.mcommand
     if command == "dataset":
         return _dataset(args, settings)

@@ -13,7 +13,7 @@ from pydantic import Field
 from gateway.checks.base import parse_section
 from gateway.config import SHIPPED, CheckConfig, Settings
 from gateway.context import ScanContext
-from gateway.ml.model import SpamModel, current_model_dir, load_model
+from gateway.ml.model import SpamModel, current_model_dir, load_model, seeded_registry
 from gateway.services import Services
 from gateway.types import Effect, Finding, Status
 
@@ -24,7 +24,8 @@ THREAD_ABOVE_CHARS = 20_000
 class ClassifierConfig(CheckConfig):
     """``[checks.classifier]``."""
 
-    models_dir: Path = SHIPPED / "models"
+    # The model registry, a state directory filled from the shipped models on first use.
+    models_dir: Path = Path("var/models")
     # A model id under models_dir; empty: the one named by models_dir/CURRENT.
     model: str = ""
     # Override the model's own threshold (chosen at training for the target FPR).
@@ -48,7 +49,7 @@ class ClassifierCheck:
         cls, section: Mapping[str, Any], settings: Settings, services: Services | None = None
     ) -> Self:
         config = parse_section(cls.name, ClassifierConfig, section)
-        models = config.models_dir
+        models = seeded_registry(config.models_dir, SHIPPED / "models")
         directory = models / config.model if config.model else current_model_dir(models)
         return cls(config, load_model(directory))
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import re
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -401,6 +403,29 @@ def load_model(directory: Path) -> SpamModel:
     _LOADED.clear()  # keep one model in memory, not every one ever loaded
     _LOADED[(str(directory.resolve()), actual)] = model
     return model
+
+
+def seeded_registry(models: Path, shipped: Path) -> Path:
+    """``models``, holding at least the shipped models and CURRENT on first use.
+
+    The registry is state: promote and rollback change it, so it lives in a state directory
+    (``var/models`` in a checkout, /var/lib/mailmoat/models when installed), never in the
+    source tree or the installed package; this fills a new one from the shipped models.
+    """
+    if (models / CURRENT_FILE).exists() or models.resolve() == shipped.resolve():
+        return models
+    if not (shipped / CURRENT_FILE).exists():
+        return models
+    models.mkdir(parents=True, exist_ok=True)
+    for artefact in shipped.iterdir():
+        target = models / artefact.name
+        if artefact.is_dir() and not target.exists():
+            shutil.copytree(artefact, models / f".{artefact.name}.tmp", dirs_exist_ok=True)
+            os.replace(models / f".{artefact.name}.tmp", target)
+    tmp = models / f".{CURRENT_FILE}.tmp"
+    shutil.copyfile(shipped / CURRENT_FILE, tmp)
+    os.replace(tmp, models / CURRENT_FILE)
+    return models
 
 
 def current_model_dir(models: Path) -> Path:

@@ -145,3 +145,21 @@ def test_pairs_are_counted_by_number_only_when_their_words_are_known():
     assert terms is not None
     index, counts = terms("A b a B c a")
     assert dict(zip(index.tolist(), counts.tolist(), strict=True)) == {0: 3, 1: 2, 2: 2}
+
+
+def test_the_registry_is_state_seeded_from_the_shipped_models(tmp_path):
+    """promote and rollback change a state directory, never the shipped models."""
+    from gateway.ml.model import CURRENT_FILE, seeded_registry
+
+    shipped_current = (MODELS / CURRENT_FILE).read_text()
+    registry = seeded_registry(tmp_path / "var" / "models", MODELS)
+    assert (registry / CURRENT_FILE).read_text() == shipped_current
+    model_id = shipped_current.strip()
+    assert (registry / model_id / "model.joblib").stat().st_size == (
+        MODELS / model_id / "model.joblib"
+    ).stat().st_size
+    # What the site promotes stays: seeding again does not overwrite it.
+    (registry / CURRENT_FILE).write_text("site-model\n")
+    seeded_registry(registry, MODELS)
+    assert (registry / CURRENT_FILE).read_text() == "site-model\n"
+    assert (MODELS / CURRENT_FILE).read_text() == shipped_current
