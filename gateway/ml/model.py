@@ -417,14 +417,23 @@ def seeded_registry(models: Path, shipped: Path) -> Path:
     if not (shipped / CURRENT_FILE).exists():
         return models
     models.mkdir(parents=True, exist_ok=True)
+    # Copied under a name of this process's, then renamed: two processes starting at once
+    # (a gateway and a training command) both end with whole artefacts.
     for artefact in shipped.iterdir():
         target = models / artefact.name
         if artefact.is_dir() and not target.exists():
-            shutil.copytree(artefact, models / f".{artefact.name}.tmp", dirs_exist_ok=True)
-            os.replace(models / f".{artefact.name}.tmp", target)
-    tmp = models / f".{CURRENT_FILE}.tmp"
-    shutil.copyfile(shipped / CURRENT_FILE, tmp)
-    os.replace(tmp, models / CURRENT_FILE)
+            tmp = models / f".{artefact.name}.{os.getpid()}.tmp"
+            shutil.copytree(artefact, tmp)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process was first
+                shutil.rmtree(tmp, ignore_errors=True)
+    tmp_current = models / f".{CURRENT_FILE}.{os.getpid()}.tmp"
+    shutil.copyfile(shipped / CURRENT_FILE, tmp_current)
+    if (models / CURRENT_FILE).exists():
+        tmp_current.unlink()
+    else:
+        os.replace(tmp_current, models / CURRENT_FILE)
     return models
 
 
