@@ -99,6 +99,10 @@ class ServerConfig(FrozenModel):
     # Take recipients of any domain although the backend is an MTA: only where something
     # else already refuses relaying (the backend checks recipients itself, as a store does).
     allow_open_relay: bool = False
+    # Authenticated submission: "name:argon2-hash" lines (`mailmoat users hash`). Clients
+    # that AUTH PLAIN over TLS as one of them may send to any domain; others only to
+    # accept_domains. Unset: no AUTH offered (an inbound gateway).
+    submission_users: Path | None = None
     max_line_length: Annotated[int, Field(ge=1000)] = 4096
     # Error replies (4xx/5xx, but not 452 for recipients over the limit) without a message
     # taken in between, after which the session is closed with 421: dictionary attacks and
@@ -484,6 +488,11 @@ def _check_cross_fields(settings: Settings, origin: str) -> None:
     server = settings.server
     if (server.tls_cert is None) != (server.tls_key is None):
         raise ConfigError(f"{origin}: server.tls_cert and server.tls_key must be set together")
+    if server.submission_users is not None and server.tls_cert is None:
+        raise ConfigError(
+            f"{origin}: server.submission_users needs server.tls_cert and tls_key: "
+            "passwords are only taken over TLS"
+        )
     if server.require_tls and server.tls_cert is None:
         raise ConfigError(f"{origin}: server.require_tls needs server.tls_cert and tls_key")
     policy = settings.policy

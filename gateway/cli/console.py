@@ -25,6 +25,11 @@ def add_parsers(
     uadd.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     uadd.set_defaults(func=_users_add)
     u_sub.add_parser("list", parents=[common]).set_defaults(func=_users_list)
+    uhash = u_sub.add_parser(
+        "hash", parents=[common], help="an argon2 hash for [server] submission_users lines"
+    )
+    uhash.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    uhash.set_defaults(func=_users_hash)
     urole = u_sub.add_parser("role", parents=[common])
     urole.add_argument("name")
     urole.add_argument("role", choices=["viewer", "analyst", "admin"])
@@ -63,6 +68,20 @@ def _users_add(args: argparse.Namespace) -> int:
     with _store(args) as store:
         store.add_user(args.name, hash_password(password), args.role)
     print(f"saved {args.name} ({args.role})")
+    return 0
+
+
+def _users_hash(args: argparse.Namespace) -> int:
+    """Print a hash to put after 'name:' in the submission users file."""
+    import getpass
+
+    from gateway.web.security import hash_password
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("password: ")
+    print(hash_password(password))
     return 0
 
 

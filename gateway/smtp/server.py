@@ -62,7 +62,9 @@ class MailmoatSMTP(SMTP):
             tls_context=tls_context,
             require_starttls=config.require_tls,
             timeout=config.command_timeout,
-            auth_exclude_mechanism=["LOGIN", "PLAIN"],
+            # AUTH PLAIN (ours, handler.auth_PLAIN) only with submission users, only over TLS.
+            auth_exclude_mechanism=["LOGIN"] if config.submission_users else ["LOGIN", "PLAIN"],
+            auth_require_tls=True,
             command_call_limit={
                 **dict.fromkeys(("NOOP", "VRFY", "EXPN", "HELP"), config.max_junk_commands),
                 "*": 2**31,  # the other commands are bounded by their own limits
