@@ -344,6 +344,8 @@ class DnsConfig(FrozenModel):
     nameservers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     timeout: PositiveFloat = 3.0
     cache_size: PositiveInt = 10000
+    # Seconds a failed lookup (timeout, SERVFAIL, refused) is remembered; 0: never.
+    failure_ttl: Annotated[float, Field(ge=0, le=300)] = 10.0
 
     @field_validator("nameservers", mode="before")
     @classmethod

@@ -72,6 +72,10 @@ class DnsClient:
         # worker thread (pyspf, dkimpy) gets a cached answer without a hand-off, and
         # without dnspython's per-query setup (name parsing, a resolution object).
         self._answers: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
+        # Failures (timeout, SERVFAIL, refused) remembered for failure_ttl seconds (RFC 2308
+        # 7.1 allows up to five minutes): a domain whose DNS is down costs its next messages
+        # no second wait. Bounded like the answers.
+        self._failures: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -79,9 +83,19 @@ class DnsClient:
         return name.lower().rstrip("."), rdtype
 
     def cached(self, name: str, rdtype: str) -> DnsAnswer | None:
-        """The answer still within its TTL, if any (safe from any thread)."""
+        """The answer still within its TTL, if any (safe from any thread).
+
+        Raises DnsTempError when a recent failure for this question is remembered.
+        """
         key = self._key(name, rdtype)
         with self._lock:
+            failed = self._failures.get(key)
+            if failed is not None:
+                if failed[0] > time.monotonic():
+                    raise DnsTempError(
+                        f"{failed[1]} (remembered for {self.config.failure_ttl:g} s)"
+                    )
+                del self._failures[key]
             entry = self._answers.get(key)
             if entry is None:
                 return None
@@ -105,6 +119,23 @@ class DnsClient:
         hit = self.cached(name, rdtype)
         if hit is not None:
             return hit
+        try:
+            return await self._resolve(name, rdtype)
+        except DnsTempError as exc:
+            self._remember_failure(name, rdtype, str(exc))
+            raise
+
+    def _remember_failure(self, name: str, rdtype: str, reason: str) -> None:
+        if self.config.failure_ttl <= 0:
+            return
+        key = self._key(name, rdtype)
+        with self._lock:
+            self._failures[key] = (time.monotonic() + self.config.failure_ttl, reason)
+            self._failures.move_to_end(key)
+            while len(self._failures) > self.config.cache_size:
+                self._failures.popitem(last=False)
+
+    async def _resolve(self, name: str, rdtype: str) -> DnsAnswer:
         try:
             answer = await self.resolver.resolve(name, rdtype, search=False)
         except dns.resolver.NXDOMAIN:
@@ -146,7 +177,11 @@ class CachedAnswers:
         self.missed = False
 
     def query(self, name: str, rdtype: str) -> DnsAnswer:
-        """The cached answer, or DnsTempError (and ``missed``) when there is none."""
+        """The cached answer, or DnsTempError (and ``missed``) when there is none.
+
+        A remembered failure is a DnsTempError too, but not a miss: asking again from a
+        thread would only wait for the same failure.
+        """
         hit = self.client.cached(name, rdtype)
         if hit is None:
             self.missed = True

@@ -423,3 +423,23 @@ async def test_dkim_of_a_big_message_is_verified_in_a_thread_with_the_same_answe
     assert "DKIM_VALID" in found
     _, found, _ = await scan(dns, signed.replace(b"repeated to", b"REPEATED to", 1))
     assert found["DKIM_INVALID"].details["signatures"][0]["reason"] == "body hash"
+
+
+@pytest.mark.parametrize("failure_ttl", [10.0, 0.0])
+async def test_dns_failures_are_remembered_briefly(dns, failure_ttl):
+    """A domain whose DNS times out costs its next messages no second wait (RFC 2308 7.1)."""
+    from gateway.clients.dns import DnsTempError
+
+    dns.zone.drop.add("down.test.")
+    client = DnsClient(DnsConfig(nameservers=[dns.address], timeout=0.5, failure_ttl=failure_ttl))
+    with pytest.raises(DnsTempError):
+        await client.txt("down.test")
+    asked = dns.queries[("down.test.", "TXT")]
+    assert asked >= 1
+    with pytest.raises(DnsTempError) as again:
+        await client.txt("down.test")
+    if failure_ttl:
+        assert dns.queries[("down.test.", "TXT")] == asked  # not asked again
+        assert "remembered" in str(again.value)
+    else:
+        assert dns.queries[("down.test.", "TXT")] > asked
