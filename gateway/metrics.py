@@ -2,17 +2,23 @@
 
 A deliberately tiny HTTP/1.0 responder (three GET paths) on its own port: no web framework
 inside the SMTP process, and nothing but loopback by default.
+
+With several workers, each keeps its counters in prometheus-client's multiprocess files
+(PROMETHEUS_MULTIPROC_DIR, set by ``mailmoat serve`` before anything imports the client) and
+/metrics adds them up: the whole node's figures, whichever worker answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.errors import ConfigError
 from gateway.pipeline import ScanResult
@@ -27,6 +33,12 @@ class Metrics:
     def __init__(self) -> None:
         self._children: dict[tuple[int, str], Any] = {}
         self.registry = CollectorRegistry()
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        # What /metrics shows: this process's registry, or every worker's files added up.
+        self.exposed = self.registry
+        if self.multiprocess:
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed)  # type: ignore[no-untyped-call]
         self.messages = Counter("mailmoat_messages", "Messages decided, by action",
                                 ["action"], registry=self.registry)  # fmt: skip
         self.symbols = Counter("mailmoat_symbols", "Symbols found, by name", ["symbol"],
@@ -43,12 +55,13 @@ class Metrics:
                                       ["what"], registry=self.registry)  # fmt: skip
         self.temperrors = Counter("mailmoat_temperrors", "Temporary errors (e.g. DNS), by symbol",
                                   ["symbol"], registry=self.registry)  # fmt: skip
+        # Gauges of live workers only, added up (sessions) or the highest (info: value 1).
         self.sessions = Gauge("mailmoat_sessions_in_flight", "SMTP sessions connected",
-                              registry=self.registry)  # fmt: skip
+                              registry=self.registry, multiprocess_mode="livesum")  # fmt: skip
         self.model = Gauge("mailmoat_model_info", "The model in service (value 1)", ["model"],
-                           registry=self.registry)  # fmt: skip
+                           registry=self.registry, multiprocess_mode="livemax")  # fmt: skip
         self.rules = Gauge("mailmoat_rules_info", "The rule set in service (value 1)", ["version"],
-                           registry=self.registry)  # fmt: skip
+                           registry=self.registry, multiprocess_mode="livemax")  # fmt: skip
 
     def observe(self, result: ScanResult) -> None:
         """Count one decided message."""
@@ -72,10 +85,29 @@ class Metrics:
             child = self._children[key] = metric.labels(label)
         return child
 
+    def track_sessions(self, count: Callable[[], int]) -> asyncio.Task[None] | None:
+        """Keep the sessions gauge current: read at scrape time, or every second when the
+        workers' files are added up (a function cannot be read across processes)."""
+        if not self.multiprocess:
+            self.sessions.set_function(count)
+            return None
+
+        async def update() -> None:
+            while True:
+                self.sessions.set(count())
+                await asyncio.sleep(1.0)
+
+        return asyncio.get_running_loop().create_task(update())
+
     def versions(self, versions: dict[str, str]) -> None:
         """Expose the model and rule set in service (cleared and set again on reload)."""
-        self.model.clear()
-        self.rules.clear()
+        for gauge in (self.model, self.rules):
+            for metric in gauge.collect():  # 0 first: a worker's file keeps what was set
+                for sample in metric.samples:
+                    gauge.labels(*sample.labels.values()).set(0)
+        if not self.multiprocess:  # there, the 0s above stand (prometheus-client cannot clear)
+            self.model.clear()
+            self.rules.clear()
         if "model" in versions:
             self.model.labels(versions["model"]).set(1)
         if "rules" in versions:
@@ -101,7 +133,7 @@ async def serve_metrics(metrics: Metrics, ready: Readiness, host: str, port: int
                 status, ctype, body = (
                     "200 OK",
                     CONTENT_TYPE_LATEST,
-                    generate_latest(metrics.registry),
+                    generate_latest(metrics.exposed),
                 )
             elif parts[:1] == [b"GET"] and path == "/healthz":
                 status, body = "200 OK", b"ok\n"

@@ -33,11 +33,12 @@ async def serve(
     ``[milter] listen`` is; both share this worker's gateway (pipeline, store, metrics).
     """
     settings = gateway.settings
+    sessions_task = None
     smtp = SmtpServer(gateway, counts) if settings.server.listen else None
     milter = MilterServer(gateway) if settings.milter.listen else None
     if smtp is not None:
         await smtp.start(sock)
-        gateway.metrics.sessions.set_function(lambda: len(smtp.state.protocols))
+        sessions_task = gateway.metrics.track_sessions(lambda: len(smtp.state.protocols))
     if milter is not None:
         await milter.start(milter_sock)
     metrics_server = None
@@ -76,6 +77,8 @@ async def serve(
             loop.remove_signal_handler(sig)
         if metrics_server is not None:
             metrics_server.close()
+        if sessions_task is not None:
+            sessions_task.cancel()
         await gateway.aclose()
         if pid_file is not None:
             pid_file.unlink(missing_ok=True)

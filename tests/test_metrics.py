@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import aiosmtplib
 
@@ -44,3 +45,31 @@ async def test_metrics_health_and_readiness(sink, config_factory):
             assert (await get(port, "/nope"))[0] == 404
         finally:
             server.close()
+
+
+async def test_metrics_add_up_every_worker(sink, config_factory):
+    """N messages through two workers read N, whichever worker answers /metrics."""
+    import signal
+
+    from tests.conftest import send_message
+    from tests.smtp.test_lifecycle import start_process, wait_for_port
+
+    port, metrics_port = free_port(), free_port()
+    config = config_factory(sink.port, server={
+        "listen": f"127.0.0.1:{port}", "workers": 2, "metrics_listen": f"127.0.0.1:{metrics_port}",
+    })  # fmt: skip
+    proc = await start_process(config)
+    try:
+        await wait_for_port(port)
+        await wait_for_port(metrics_port)
+        for n in range(10):  # a session each: the kernel hands them to either worker
+            await send_message(port, message(subject=f"n{n}"))
+        await sink.wait_for(10)
+        status, text = await get(metrics_port, "/metrics")
+        assert status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+    counted = re.search(r'^mailmoat_messages_total\{action="accept"\} (\S+)$', text, re.M)
+    assert counted, text[:3000] or "(empty)"
+    assert float(counted.group(1)) == 10.0

@@ -6,7 +6,10 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 from gateway.cli.common import ask_to_reload, settings_of
@@ -44,6 +47,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if workers == 1:
         _serve_one(settings, config_path, 0)
         return 0
+    # Every worker's metrics in files the one answering /metrics adds up (gateway.metrics).
+    # Set before anything here imports prometheus_client (gateway.service does): it picks
+    # its value class once, at import. A fresh directory each start.
+    metrics_dir = Path(tempfile.mkdtemp(prefix="mailmoat-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from gateway.milter.server import milter_socket
     from gateway.smtp.server import listening_socket
     from gateway.smtp.workers import run_workers
@@ -69,6 +77,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     counts = ConnectionCounts(workers)
 
+    def forget(index: int, pid: int) -> None:
+        counts.clear(index)
+        from prometheus_client import multiprocess
+
+        # Its live gauges go with it; its counters stay (they counted real messages).
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
     def work(worker: int) -> None:
         counts.worker = worker
         _serve_one(
@@ -77,7 +92,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )  # fmt: skip
 
     listeners = [s for s in (sock, milter_sock) if s is not None]
-    return run_workers(workers, work, settings, listeners, reload, counts.clear)
+    try:
+        return run_workers(workers, work, settings, listeners, reload, forget)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _serve_one(

@@ -46,12 +46,12 @@ def run_workers(
     settings: Settings,
     listeners: Sequence[socket.socket],
     reload: Callable[[], None] | None = None,
-    forget: Callable[[int], None] | None = None,
+    forget: Callable[[int, int], None] | None = None,
 ) -> int:
     """Fork ``count`` workers running ``work(index)``; return when they have all exited.
 
     ``reload`` runs in the parent on SIGHUP, after the signal went to the workers;
-    ``forget(index)`` when a worker died, to clear what it held in shared memory.
+    ``forget(index, pid)`` when a worker died, to clear what it held in shared memory.
     """
     children: dict[int, int] = {}
     started: dict[int, float] = {}  # index -> when its worker was forked
@@ -123,7 +123,7 @@ def run_workers(
                 log.error("worker %d (pid %d) exited with %s", index, pid, code)
             continue
         if forget is not None:
-            forget(index)
+            forget(index, pid)
         now = time.monotonic()
         lived = now - started.get(index, now)
         deaths[index] = 1 if lived >= HEALTHY_AFTER else deaths.get(index, 0) + 1
