@@ -230,3 +230,18 @@ def test_a_port_in_use_is_one_clear_line(tmp_path):
     assert "Traceback" not in done.stderr
     assert f"mailmoat: server.listen: cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Address already in use" in done.stderr
+
+
+def test_scan_reads_an_ordinary_eml_as_smtp_would_deliver_it(tmp_path, capsys):
+    """Unix line ends in a file are not bare LFs on the wire: no PROTO_BARE_LF for them."""
+    unix = tmp_path / "unix.eml"
+    unix.write_bytes(b"From: a@sender.test\nTo: b@example.test\nSubject: hi\n\nHello.\n")
+    smuggled = tmp_path / "smuggled.eml"
+    smuggled.write_bytes(b"From: a@sender.test\r\nSubject: hi\r\n\r\nHello.\n.\nMAIL FROM:<x>\r\n")
+    assert main(["scan", "--json", str(unix), str(smuggled)]) == 0
+    results = {
+        json.loads(line)["file"]: json.loads(line) for line in capsys.readouterr().out.splitlines()
+    }
+    names = {path: {s["name"] for s in r["symbols"]} for path, r in results.items()}
+    assert "PROTO_BARE_LF" not in names[str(unix)]
+    assert "PROTO_BARE_LF" in names[str(smuggled)]  # mixed: the bare LFs are real

@@ -64,10 +64,17 @@ def iter_message_files(paths: Sequence[str]) -> Iterator[Path]:
 
 
 def read_message(path: Path) -> bytes:
-    """Read a message file, dropping a leading mbox 'From ' line if present."""
+    """Read a message file as it would arrive by SMTP.
+
+    A leading mbox 'From ' line is dropped, and a file with Unix line ends only (an
+    ordinary .eml) gets CRLFs, as an MTA would send it: otherwise every file would score
+    PROTO_BARE_LF. A file with CRLFs keeps its bytes, bare LFs and all.
+    """
     data = path.read_bytes()
     if data.startswith(b"From "):
         _, _, data = data.partition(b"\n")
+    if b"\r\n" not in data and b"\r" not in data:
+        data = data.replace(b"\n", b"\r\n")
     return data
 
 
