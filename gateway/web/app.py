@@ -368,7 +368,19 @@ async def users(console: Console, request: Request) -> Response:
         form = await request.form()
         name = str(form.get("name", "")).strip()[:64]
         role = str(form.get("role", ""))
-        if role not in ROLES or not name.isidentifier():
+        action = str(form.get("action", ""))
+        if action in ("disable", "enable"):
+            known = await asyncio.to_thread(console.store.user, name)
+            if known is None:
+                message = f"No user {name!r}."
+            elif action == "disable" and name == request.session.get("user"):
+                message = "You cannot disable yourself."
+            else:
+                # Disabling ends the user's sessions at once (the store deletes them).
+                await asyncio.to_thread(console.store.set_user, name, disabled=action == "disable")
+                await console.audit(request, f"user_{action}d", name)
+                message = f"{name} is {action}d."
+        elif role not in ROLES or not name.isidentifier():
             message = "Give a name (letters, digits, _) and a role."
         elif form.get("password"):
             try:

@@ -377,3 +377,28 @@ def test_absurd_times_are_a_message_not_a_500(console, browser):
         assert response.status == 200, since
         assert "Times are like 24h" in response.text()
     context.close()
+
+
+def test_an_admin_disables_and_enables_a_user_and_it_is_audited(console, browser):
+    base, settings = console
+    store = store_of(settings)
+    store.add_user("dora", hash_password(PASSWORD), "viewer")
+    store.close()
+    dora, _ = login(browser, base, "dora")
+    admin, page = login(browser, base, "adam")
+    page.goto(f"{base}/users")
+    page.click("#disable-dora")
+    assert "dora is disabled." in page.inner_text("#message")
+    # Her open session ends, and she cannot log in again.
+    assert dora.request.get(f"{base}/events", max_redirects=0).status == 303
+    page.click("#disable-adam")
+    assert "You cannot disable yourself." in page.inner_text("#message")
+    page.click("#enable-dora")
+    assert "dora is enabled." in page.inner_text("#message")
+    store = store_of(settings)
+    actions = [e.action for e in store.list(EventFilter(kind="audit", limit=500))]
+    store.close()
+    assert "user_disabled" in actions
+    assert "user_enabled" in actions
+    dora.close()
+    admin.close()
