@@ -245,3 +245,30 @@ def test_scan_reads_an_ordinary_eml_as_smtp_would_deliver_it(tmp_path, capsys):
     names = {path: {s["name"] for s in r["symbols"]} for path, r in results.items()}
     assert "PROTO_BARE_LF" not in names[str(unix)]
     assert "PROTO_BARE_LF" in names[str(smuggled)]  # mixed: the bare LFs are real
+
+
+def test_label_many_events_in_one_process(tmp_path, monkeypatch, capsys):
+    """An analyst labels a whole query's worth of events at once: `events list --json | label -`."""
+    import io
+
+    from gateway.events import SecurityEvent, SqliteStore
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[store]\npath = "{tmp_path / "store"}"\n')
+    store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+    ids = [f"{n:016x}.1" for n in range(1, 201)]
+    for event_id in ids:
+        store.add(SecurityEvent(id=event_id, kind="message", subject="win a prize"))
+    store.close()
+    assert main(["events", "list", "--config", str(config), "--json", "--limit", "500"]) == 0
+    listing = capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO(listing + "ffffffffffffffff.1\n"))
+    assert main(["label", "--config", str(config), "-", "spam", "--by", "ana"]) == 1
+    out = capsys.readouterr()
+    assert "labelled 200 event(s) spam; 1 skipped" in out.out
+    assert "ffffffffffffffff.1" in out.err
+    store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+    assert {store.current_label(i).label for i in ids} == {"spam"}
+    store.close()
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(ids[:3]) + "\n"))  # bare ids
+    assert main(["label", "--config", str(config), "-", "ham"]) == 0

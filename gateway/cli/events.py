@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from gateway.cli.common import fmt_time, store_of
-from gateway.events import EventFilter, SecurityEvent, parse_time
+from gateway.errors import UnknownIdError
+from gateway.events import EventFilter, SecurityEvent, SqliteStore, parse_time
 
 
 def add_parsers(
@@ -35,8 +37,8 @@ def add_parsers(
     epurge.add_argument("--events-older-than", metavar="T", help="also drop unlabelled events")
     epurge.set_defaults(func=cmd_events_purge)
 
-    label = sub.add_parser("label", parents=[common], help="label an event for retraining")
-    label.add_argument("id")
+    label = sub.add_parser("label", parents=[common], help="label events for retraining")
+    label.add_argument("id", help="an event id, or - to read ids from stdin (one a line)")
     label.add_argument("label", nargs="?", choices=["spam", "ham", "phish", "malware"])
     label.add_argument("--note", default="")
     label.add_argument("--by", default=os.environ.get("USER", "cli"), help="who labels")
@@ -125,6 +127,29 @@ def cmd_events_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_many(store: SqliteStore, args: argparse.Namespace) -> int:
+    """Many ids from stdin in one process: one a line, or `events list --json` lines.
+
+    `mailmoat events list --symbol X --json | mailmoat label - spam`, or `< ids.txt`.
+    Unknown or invalid ids are reported and skipped; the exit status says if any were.
+    """
+    labelled = failed = 0
+    for line in sys.stdin:
+        text = line.strip()
+        if not text:
+            continue
+        event_id = json.loads(text)["id"] if text.startswith("{") else text.split()[0]
+        try:
+            store.add_label(event_id, args.label, "cli", args.by, args.note)
+        except UnknownIdError as exc:
+            print(f"{event_id}: {exc}", file=sys.stderr)
+            failed += 1
+        else:
+            labelled += 1
+    print(f"labelled {labelled} event(s) {args.label}" + (f"; {failed} skipped" if failed else ""))
+    return 1 if failed else 0
+
+
 def cmd_label(args: argparse.Namespace) -> int:
     store = store_of(args)
     try:
@@ -139,6 +164,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         else:
             if args.label is None:
                 raise ValueError("give a label: spam, ham, phish or malware (or --withdraw)")
+            if args.id == "-":
+                return _label_many(store, args)
             entry = store.add_label(args.id, args.label, "cli", args.by, args.note)
             print(json.dumps(entry.to_dict()) if args.json else f"{args.id}: {entry.label}")
     finally:
