@@ -70,3 +70,26 @@ def test_a_wheel_installed_outside_the_checkout_inits_and_scans(tmp_path):
     again = run(*mailmoat, "init", "--prefix", home / "etc", "--state", home / "state", cwd=home)
     assert again.returncode == 1
     assert "exists" in again.stderr
+
+
+def test_the_systemd_units_verify(tmp_path):
+    """systemd-analyze checks the shipped units offline (no running systemd needed)."""
+    import shutil
+
+    import pytest
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("needs systemd-analyze (Debian's systemd)")
+    mailmoat = Path(sys.executable).with_name("mailmoat")  # the units name /usr/local/bin
+    units = []
+    for unit in sorted((PROJECT_ROOT / "config" / "systemd").glob("*.service")):
+        text = unit.read_text().replace("/usr/local/bin/mailmoat", str(mailmoat))
+        (tmp_path / unit.name).write_text(text)
+        units.append(tmp_path / unit.name)
+    assert [u.name for u in units] == ["mailmoat-web.service", "mailmoat.service"]
+    verified = run(analyze, "verify", *units, cwd=tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    exposure = run(analyze, "security", "--offline=true", units[1], cwd=tmp_path)
+    level = float(exposure.stdout.rsplit("exposure level for mailmoat.service:", 1)[1].split()[0])
+    assert level < 5.0, exposure.stdout  # systemd rates below 5 "OK"
