@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import table
-from bench.throughput import DnsThread, Gateway, cpu_seconds, family_cpu, postfix_tool
+from bench.throughput import Gateway, bench_dns, cpu_seconds, family_cpu, postfix_tool
 from tests import authdata
 from tests.clamav import ClamdProcess
 from tests.conftest import free_port, write_config
-from tests.dnsserver import txt
 from tests.postfix import PostfixInstance, available, snippet
 
 ALL_CHECKS = ["protocol", "headers", "antivirus", "content", "auth", "classifier"]
@@ -55,12 +54,7 @@ def main(total: int) -> None:
     if source is None or sink is None:
         sys.exit("bench.milter needs Postfix's smtp-source and smtp-sink")
     tmp = Path(tempfile.mkdtemp(prefix="mailmoat-bench-milter-"))
-    keys = authdata.make_keys(tmp)
-    zone = authdata.make_zone(keys)
-    zone.add("bench.test", "TXT", txt("v=spf1 ip4:127.0.0.1 -all"))
-    zone.add("sel._domainkey.bench.test", "TXT", txt(f"v=DKIM1; k=rsa; p={keys.rsa_public_b64}"))
-    zone.add("_dmarc.bench.test", "TXT", txt("v=DMARC1; p=reject"))
-    dns = DnsThread(zone)
+    keys, dns = bench_dns(tmp)
     body = "Numbers for the quarterly report are attached below, as agreed.\r\n" * 70
     message = authdata.sign_rsa(
         authdata.message("alice@bench.test", "Report", body), keys, "bench.test"

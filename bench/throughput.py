@@ -210,14 +210,20 @@ class Gateway:
         self.process.wait(30)
 
 
-def main(total: int, quick: bool) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="mailmoat-bench-"))
+def bench_dns(tmp: Path) -> tuple[Any, DnsThread]:
+    """DKIM keys, and a DNS server answering for bench.test (SPF for loopback, the DKIM key,
+    DMARC p=reject) beside the test zones."""
     keys = authdata.make_keys(tmp)
     zone = authdata.make_zone(keys)
     zone.add("bench.test", "TXT", txt("v=spf1 ip4:127.0.0.1 -all"))
     zone.add("sel._domainkey.bench.test", "TXT", txt(f"v=DKIM1; k=rsa; p={keys.rsa_public_b64}"))
     zone.add("_dmarc.bench.test", "TXT", txt("v=DMARC1; p=reject"))
-    dns = DnsThread(zone)
+    return keys, DnsThread(zone)
+
+
+def main(total: int, quick: bool) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="mailmoat-bench-"))
+    keys, dns = bench_dns(tmp)
     line = "Numbers for the quarterly report are attached below, as agreed.\r\n"
     body = line * 70  # about 5 KB with the headers and signature
     signed = [authdata.sign_rsa(authdata.message("alice@bench.test", f"Report {n}", body), keys, "bench.test")
