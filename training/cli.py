@@ -135,6 +135,19 @@ def _dataset(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("no labelled messages: give --corpus PATH and/or --events")
     unique = records if args.keep_duplicates else datasets.deduplicate(records)
     split = datasets.assign_split(unique, args.split, args.test_fraction, args.seed)
+    tested = {r.label for r in split if r.split == "test"}
+    if "spam" not in tested:
+        # An evaluation without spam measures nothing a promotion could rest on.
+        newest = "newest " if args.split == "time" else ""
+        raise ConfigError(
+            f"the test part ({newest}{args.test_fraction:.0%} of {len(split)} messages) holds "
+            "no spam: label spam among recent events first (mailmoat events list --since 7d, "
+            "then mailmoat label ID spam, or many at once: ... --json | mailmoat label - spam)"
+            + (", or use --split seed" if args.split == "time" else "")
+        )
+    if "ham" not in tested:
+        print("warning: the test part holds no ham: false positives cannot be measured",
+              file=sys.stderr)  # fmt: skip
     from datetime import UTC, datetime
 
     out = Path(args.out) if args.out else settings.training.datasets_dir / (

@@ -194,3 +194,20 @@ def test_shipped_model_card_figures_match_its_evaluation():
     assert metrics["recall_at_fpr_0.1%"] >= 0.98
     card = (models / model_id / "MODEL_CARD.md").read_text()
     assert f"{metrics['roc_auc']:.5f}" in card
+
+
+def test_a_time_split_without_spam_to_test_stops_before_training(small_corpus, config, tmp_path,
+                                                                   capsys):  # fmt: skip
+    store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+    raws = [raw for _, raw in iter_messages(small_corpus / "folders")]
+    for n, raw in enumerate(raws[:20]):  # the oldest labelled spam, every recent one ham
+        event = SecurityEvent(id=f"{n:016x}.1", kind="message", time=1000.0 + n, subject=f"m{n}")
+        store.add(event, Retained(raw, extract(ParsedMessage.parse(raw)).to_dict(), None))
+        store.add_label(event.id, "spam" if n < 5 else "ham", "console", "ana")
+    store.close()
+    out = tmp_path / "ds" / "recent.jsonl.gz"
+    assert main(["model", "dataset", "--config", str(config), "--events", "--split", "time",
+                 "--out", str(out)]) == 2  # fmt: skip
+    said = capsys.readouterr().err
+    assert "holds no spam: label spam among recent events" in said
+    assert not out.exists()
