@@ -59,7 +59,9 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 FILTERS = ("since", "until", "sender", "recipient", "client_ip", "action", "symbol", "rule",
-           "label", "q")  # fmt: skip
+           "label", "q", "kind")  # fmt: skip
+# The kinds the events page offers: messages by default, every kind with "all".
+EVENT_KINDS = ("message", "all", *(k.value for k in EventKind if k is not EventKind.MESSAGE))
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -245,9 +247,16 @@ def event_filter(params: Any, limit: int) -> tuple[EventFilter, dict[str, str]]:
         since=since, until=until, action=values["action"] or None, sender=values["sender"] or None,
         symbol=values["symbol"] or values["rule"] or None, recipient=values["recipient"] or None,
         client_ip=values["client_ip"] or None, text=values["q"] or None,
-        label=values["label"] or None, before=before, limit=limit, kind=EventKind.MESSAGE,
+        label=values["label"] or None, before=before, limit=limit, kind=event_kind(values["kind"]),
     )  # fmt: skip
     return where, values
+
+
+def event_kind(asked: str) -> str | None:
+    """The kind to list: messages unless asked, any kind for "all"; unknown ones: messages."""
+    if asked == "all":
+        return None
+    return asked if asked in EVENT_KINDS else EventKind.MESSAGE
 
 
 @needs("viewer")
@@ -263,7 +272,7 @@ async def events(console: Console, request: Request) -> Response:
     if more and rows:
         next_link = "/events?" + urlencode({**query, "before": f"{rows[-1].time}:{rows[-1].id}"})
     return console.page(request, "events.html", events=rows, labels=labels, filters=values,
-                        next_link=next_link, label_names=LABELS,
+                        next_link=next_link, label_names=LABELS, kinds=EVENT_KINDS,
                         query=urlencode(query))  # fmt: skip
 
 

@@ -402,3 +402,25 @@ def test_an_admin_disables_and_enables_a_user_and_it_is_audited(console, browser
     assert "user_enabled" in actions
     dora.close()
     admin.close()
+
+
+def test_the_events_page_finds_every_kind_of_event(console, browser):
+    """Refused recipients and audit actions are events the console can find, not only mail."""
+    base, settings = console
+    store = store_of(settings)
+    store.add(SecurityEvent(id="00000000000000fe.1", kind="rcpt_refused", action="refused",
+                            mail_from="probe@spammer.test", rcpts=("nobody@example.test",),
+                            smtp_reply="550 5.1.1 <nobody@example.test>: User unknown"))  # fmt: skip
+    store.close()
+    context, page = login(browser, base, "ana")
+    page.goto(f"{base}/events")
+    assert "User unknown" not in page.inner_text("#events")  # messages by default
+    page.select_option("#kind", "rcpt_refused")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**kind=rcpt_refused**")
+    table = page.inner_text("#events")
+    assert "rcpt_refused" in table
+    assert "550 5.1.1 <nobody@example.test>: User unknown" in table
+    page.goto(f"{base}/events?kind=all")
+    assert "login" in page.inner_text("#events")  # the audit trail is there too
+    context.close()
