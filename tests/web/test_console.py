@@ -408,9 +408,12 @@ def test_the_events_page_finds_every_kind_of_event(console, browser):
     """Refused recipients and audit actions are events the console can find, not only mail."""
     base, settings = console
     store = store_of(settings)
-    store.add(SecurityEvent(id="00000000000000fe.1", kind="rcpt_refused", action="refused",
-                            mail_from="probe@spammer.test", rcpts=("nobody@example.test",),
-                            smtp_reply="550 5.1.1 <nobody@example.test>: User unknown"))  # fmt: skip
+    refused = SecurityEvent(
+        id="00000000000000fe.1", kind="rcpt_refused", action="refused",
+        mail_from="probe@spammer.test", rcpts=("nobody@example.test",),
+        smtp_reply="550 5.1.1 <nobody@example.test>: User unknown",
+    )  # fmt: skip
+    store.add(refused)
     store.close()
     context, page = login(browser, base, "ana")
     page.goto(f"{base}/events")
