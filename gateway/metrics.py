@@ -62,6 +62,19 @@ class Metrics:
                            registry=self.registry, multiprocess_mode="livemax")  # fmt: skip
         self.rules = Gauge("mailmoat_rules_info", "The rule set in service (value 1)", ["version"],
                            registry=self.registry, multiprocess_mode="livemax")  # fmt: skip
+        # Set at each scrape from the readiness checks (docs/operations.md, alerts).
+        self.up = Gauge("mailmoat_up", "1 when a part works (clamd, backend, store, rules, "
+                        "model), 0 when not", ["part"], registry=self.registry,
+                        multiprocess_mode="livemin")  # fmt: skip
+        self.signatures = Gauge("mailmoat_antivirus_signatures_timestamp_seconds",
+                                "When clamd's signature database was built (VERSION)",
+                                registry=self.registry, multiprocess_mode="livemin")  # fmt: skip
+        self.events_pending = Gauge(
+            "mailmoat_events_pending", "Events waiting to be committed",
+            registry=self.registry, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.reloads = Counter("mailmoat_reloads", "Reloads of config, rules and model, by result",
+                               ["result"], registry=self.registry)  # fmt: skip
 
     def observe(self, result: ScanResult) -> None:
         """Count one decided message."""
@@ -115,6 +128,7 @@ class Metrics:
 
 
 Readiness = Callable[[], Awaitable[dict[str, str]]]
+PARTS = ("clamd", "backend", "store", "rules", "model")
 
 
 async def serve_metrics(metrics: Metrics, ready: Readiness, host: str, port: int) -> asyncio.Server:
@@ -130,6 +144,9 @@ async def serve_metrics(metrics: Metrics, ready: Readiness, host: str, port: int
             path = parts[1].decode("ascii", "replace") if len(parts) >= 2 else ""
             status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
             if parts[:1] == [b"GET"] and path == "/metrics":
+                problems = await ready()  # what mailmoat_up says, as of this scrape
+                for part in PARTS:
+                    metrics.up.labels(part).set(0 if part in problems else 1)
                 status, ctype, body = (
                     "200 OK",
                     CONTENT_TYPE_LATEST,

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway import __version__
@@ -34,6 +35,21 @@ log = logging.getLogger(__name__)
 
 # Seconds between WAL checkpoints of the event store, off the commit path (events.Checkpointer).
 CHECKPOINT_EVERY = 1.0
+
+
+def signatures_time(version: str) -> float | None:
+    """When clamd's database was built, from VERSION: 'ClamAV 1.0.7/27466/Tue Nov 26 09:34:21 2024'.
+
+    None when the answer has no date (clamd without a loaded database says so).
+    """
+    parts = version.strip().split("/")
+    if len(parts) < 3:
+        return None
+    try:
+        built = datetime.strptime(" ".join(parts[2].split()), "%a %b %d %H:%M:%S %Y")
+    except ValueError:
+        return None
+    return built.replace(tzinfo=UTC).timestamp()
 
 
 def file_digest(path: Path) -> str:
@@ -143,6 +159,7 @@ class Gateway:
             if not isinstance(exc, ConfigError):
                 log.exception("reload failed unexpectedly")
             log.error("reload refused, keeping the pipeline in service: %s", exc)
+            self.metrics.reloads.labels("failed").inc()
             await self.record(
                 SecurityEvent(id=event_id, kind=EventKind.RELOAD_FAILED, reason=str(exc)[:2000])
             )
@@ -154,6 +171,7 @@ class Gateway:
         # Sessions already scanning keep the old pipeline object until they finish.
         await old.aclose()
         log.info("reloaded: enabled checks %s", [c.name for c in pipeline.checks])
+        self.metrics.reloads.labels("ok").inc()
         await self.record(
             SecurityEvent(id=event_id, kind=EventKind.RELOAD, versions=dict(self.versions))
         )
@@ -168,8 +186,12 @@ class Gateway:
                 try:
                     if not await client.ping():
                         problems["clamd"] = "no PONG"
+                    built = signatures_time(await client.version())
+                    if built is not None:
+                        self.metrics.signatures.set(built)
                 except ClamdError as exc:
                     problems["clamd"] = str(exc)
+        self.metrics.events_pending.set(len(self.committer.pending))
         backend_problem = await self.backend.health()
         if backend_problem is not None:
             problems["backend"] = backend_problem
