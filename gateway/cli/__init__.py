@@ -10,6 +10,7 @@
 | quarantine                    | quarantine.py |
 | init                          | init.py     |
 | backup, restore               | backup.py   |
+| report daily                  | report.py   |
 | model, learn (analysts)       | training/cli.py, loaded only for them |
 
 Each module's ``add_parsers`` declares its sub-commands and binds each to its function
@@ -26,13 +27,13 @@ import time
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.cli import backup, console, events, init, quarantine, rules, scan, serve
+from gateway.cli import backup, console, events, init, quarantine, report, rules, scan, serve
 from gateway.cli.common import settings_of, setup_logging
 from gateway.errors import ConfigError, GatewayError, UnknownIdError
 
 log = logging.getLogger(__name__)
 
-COMMANDS = (serve, scan, events, rules, console, quarantine, init, backup)
+COMMANDS = (serve, scan, events, rules, console, quarantine, init, backup, report)
 TRAINING_COMMANDS = ("model", "learn")
 
 

@@ -48,10 +48,13 @@ def chart(buckets: list[tuple[str, dict[str, int]]]) -> str:
     return "".join(parts) + "</svg>"
 
 
-def summary(store: SqliteStore, settings: Settings, now: float | None = None) -> dict[str, Any]:
-    """Verdicts over 24 h, top symbols/senders/domains/rules, labels vs verdicts, failures."""
+def summary(
+    store: SqliteStore, settings: Settings, now: float | None = None, days: float = 7.0
+) -> dict[str, Any]:
+    """Verdicts over 24 h, top symbols/senders/domains/rules and labels vs verdicts over
+    ``days`` (7 for the console, 1 for the daily report), failures over 24 h."""
     now = now or time.time()
-    day, week = now - 86400, now - 7 * 86400
+    day, week = now - 86400, now - days * 86400
     per_hour: dict[int, dict[str, int]] = {}
     for row in store.query(
         "SELECT CAST((time - ?) / 3600 AS INT) AS n, action, COUNT(*) AS c FROM events"
