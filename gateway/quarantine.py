@@ -91,15 +91,28 @@ class Quarantine:
                 path.unlink()
             raise
 
-    def list(self, status: str | None = "held", limit: int = 100) -> list[QuarantineEntry]:
-        """Entries, newest first."""
-        if status is None:
-            rows = self.store.query("SELECT * FROM quarantine ORDER BY time DESC LIMIT ?", (limit,))
-        else:
-            rows = self.store.query(
-                "SELECT * FROM quarantine WHERE status = ? ORDER BY time DESC LIMIT ?",
-                (status, limit),
+    def list(
+        self, status: str | None = "held", limit: int = 100, search: str = ""
+    ) -> list[QuarantineEntry]:
+        """Entries, newest first; ``search``: words all found in sender, recipients, subject
+        or reason (case-insensitive)."""
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        for word in search.split()[:8]:
+            escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = f"%{escaped}%"
+            clauses.append(
+                "(mail_from LIKE ? ESCAPE '\\' OR rcpts LIKE ? ESCAPE '\\'"
+                " OR subject LIKE ? ESCAPE '\\' OR reason LIKE ? ESCAPE '\\')"
             )
+            params.extend([pattern] * 4)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self.store.query(
+            f"SELECT * FROM quarantine {where} ORDER BY time DESC LIMIT ?",  # noqa: S608 - fixed parts
+            (*params, limit),
+        )
         return [_entry(row) for row in rows]
 
     def get(self, message_id: str) -> QuarantineEntry:

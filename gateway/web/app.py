@@ -322,8 +322,54 @@ async def label(console: Console, request: Request) -> Response:
 
 @needs("viewer")
 async def quarantine_list(console: Console, request: Request) -> Response:
-    held = await asyncio.to_thread(console.quarantine.list, "held", 200)
-    return console.page(request, "quarantine.html", items=held)
+    search = str(request.query_params.get("q", "")).strip()[:200]
+    status = str(request.query_params.get("status", "held"))
+    status = status if status in ("held", "released", "deleted", "all") else "held"
+    items = await asyncio.to_thread(
+        console.quarantine.list, None if status == "all" else status, 200, search
+    )
+    return console.page(request, "quarantine.html", items=items, search=search, state=status)
+
+
+BULK_ACTIONS = {"release": "Release", "release-ham": "Release and label ham", "delete": "Delete"}
+
+
+@needs("admin")
+async def quarantine_bulk(console: Console, request: Request) -> Response:
+    """Several held messages at once: a confirmation page first, then each one's result."""
+    form = await request.form()
+    ids = [str(i) for i in form.getlist("ids")][:200]
+    what = str(form.get("what", ""))
+    if what not in BULK_ACTIONS or not ids:
+        return console.page(request, "error.html", 400, message="Select messages and an action.")
+    entries = []
+    for qid in ids:
+        try:
+            entries.append(await asyncio.to_thread(console.quarantine.get, qid))
+        except UnknownIdError:
+            continue
+    if form.get("confirm") != "yes":
+        return console.page(request, "quarantine_bulk.html", entries=entries, what=what,
+                            label=BULK_ACTIONS[what], results=None)  # fmt: skip
+    user = request.session["user"]
+    results = []
+    for entry in entries:
+        try:
+            if what == "delete":
+                await asyncio.to_thread(console.quarantine.set_status, entry.id, "deleted")
+                outcome = "deleted"
+            else:
+                q, store, backend, recorder = (console.quarantine, console.store, console.backend,
+                                               console.recorder)  # fmt: skip
+                reply = await release_message(q, store, backend, recorder, entry.id, user,
+                                              label_ham=what == "release-ham")  # fmt: skip
+                outcome = "released" if reply.ok else f"still held: {reply}"
+        except GatewayError as exc:
+            outcome = f"failed: {exc}"
+        await console.audit(request, what, entry.id, outcome=outcome, bulk=True)
+        results.append((entry, outcome))
+    return console.page(request, "quarantine_bulk.html", entries=entries, what=what,
+                        label=BULK_ACTIONS[what], results=results)  # fmt: skip
 
 
 @needs("viewer")
@@ -431,6 +477,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/events/{event_id}", event(console)),
         Route("/events/{event_id}/label", label(console), methods=["POST"]),
         Route("/quarantine", quarantine_list(console)),
+        Route("/quarantine/bulk", quarantine_bulk(console), methods=["POST"]),
         Route("/quarantine/{qid}", quarantine_item(console)),
         Route("/quarantine/{qid}/{what}", quarantine_action(console), methods=["POST"]),
         Route("/users", users(console), methods=["GET", "POST"]),

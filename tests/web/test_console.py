@@ -222,9 +222,9 @@ def test_admin_releases_a_quarantined_message_and_it_arrives(console, browser, s
     context, page = login(browser, base, "adam")
     page.goto(f"{base}/quarantine")
     page.screenshot(path=str(ARTIFACTS / "quarantine.png"), full_page=True)
-    page.click("#quarantine form[action$='/release-ham'] button")
+    page.click("#quarantine button[formaction$='/release-ham']")
     page.wait_for_url(f"{base}/quarantine")
-    assert "Nothing held" in page.inner_text("#quarantine")
+    assert "Nothing matches" in page.inner_text("#quarantine")
     deadline = time.monotonic() + 10
     while not handler.messages and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -426,4 +426,44 @@ def test_the_events_page_finds_every_kind_of_event(console, browser):
     assert "550 5.1.1 <nobody@example.test>: User unknown" in table
     page.goto(f"{base}/events?kind=all")
     assert "login" in page.inner_text("#events")  # the audit trail is there too
+    context.close()
+
+
+def test_quarantine_search_and_bulk_release_with_a_confirmation(console, browser, sink):
+    base, settings = console
+    _, handler = sink
+    store = store_of(settings)
+    held = Quarantine(settings.store.quarantine_dir, store)
+    for n, subject in enumerate(("Invoice 1", "Invoice 2", "Newsletter")):
+        event_id = f"{0xE0 + n:016x}.1"
+        raw = message(subject=subject)
+        store.add(SecurityEvent(id=event_id, kind="message", subject=subject, action="quarantine",
+                                rcpts=("bob@example.test",)), Retained(raw, None, None))  # fmt: skip
+        held.hold(event_id, "a@sender.test", ("bob@example.test",), subject, 11.0, "score 11", raw)
+    store.close()
+    before = len(handler.messages)
+    context, page = login(browser, base, "adam")
+    page.goto(f"{base}/quarantine")
+    page.fill("#q", "invoice")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**q=invoice**")
+    rows = page.inner_text("#quarantine")
+    assert "Invoice 1" in rows
+    assert "Invoice 2" in rows
+    assert "Newsletter" not in rows
+    for box in page.query_selector_all("#quarantine input[name=ids]"):
+        box.check()
+    page.select_option("#bulk-what", "release")
+    page.click("#bulk")
+    assert "Release: 2 message(s)?" in page.inner_text("h1")  # asked first, nothing done yet
+    assert len(handler.messages) == before
+    page.click("#confirm")
+    results = page.inner_text("#results")
+    assert results.count("released") == 2
+    deadline = time.monotonic() + 10
+    while len(handler.messages) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(handler.messages) == before + 2
+    page.goto(f"{base}/quarantine?status=all&q=newsletter")
+    assert "held" in page.inner_text("#quarantine")
     context.close()
