@@ -437,8 +437,9 @@ def test_quarantine_search_and_bulk_release_with_a_confirmation(console, browser
     for n, subject in enumerate(("Invoice 1", "Invoice 2", "Newsletter")):
         event_id = f"{0xE0 + n:016x}.1"
         raw = message(subject=subject)
-        store.add(SecurityEvent(id=event_id, kind="message", subject=subject, action="quarantine",
-                                rcpts=("bob@example.test",)), Retained(raw, None, None))  # fmt: skip
+        event = SecurityEvent(id=event_id, kind="message", subject=subject, action="quarantine",
+                              rcpts=("bob@example.test",))  # fmt: skip
+        store.add(event, Retained(raw, None, None))
         held.hold(event_id, "a@sender.test", ("bob@example.test",), subject, 11.0, "score 11", raw)
     store.close()
     before = len(handler.messages)
