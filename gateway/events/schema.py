@@ -119,6 +119,8 @@ class EventFilter:
     client_ip: str | None = None
     text: str | None = None  # words of the subject (full-text search)
     label: str | None = None  # the label in force; "none" for unlabelled
+    message_id: str | None = None  # the Message-ID header, with or without <>
+    queue_id: str | None = None  # the backend's or the MTA's queue id (letters and digits)
     before: tuple[float, str] | None = None  # keyset cursor: (time, id) of the last row seen
     limit: int = 100
 

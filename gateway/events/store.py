@@ -30,6 +30,21 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another process's (unless told not to)
 
 
+def _message_ids(value: str | None) -> tuple[str, str] | None:
+    """A Message-ID as stored, with and without its angle brackets."""
+    if not value:
+        return None
+    bare = value.strip().strip("<>")
+    return bare, f"<{bare}>"
+
+
+def _queue_id(value: str | None) -> str | None:
+    """A queue id (letters and digits only: Postfix's, ours), or None to ignore it."""
+    if not value or not value.isalnum():
+        return None
+    return value
+
+
 class EventStore(Protocol):
     """What the gateway needs of an event store (SQLite now; PostgreSQL can follow)."""
 
@@ -504,9 +519,18 @@ class SqliteStore:
                 where.recipient.lower() if where.recipient else None,
             ),
             ("e.client_ip = ?", where.client_ip or None),
+            ("e.message_id IN (?, ?)", _message_ids(where.message_id)),
+            # Backend replies ("queued as X") and the milter's MTA macros (i) are in the
+            # event's JSON: found by substring, within the time range asked.
+            ("instr(e.data, ?) > 0", _queue_id(where.queue_id)),
         ]
         clauses = [clause for clause, value in simple if value is not None]
-        params: list[Any] = [value for _, value in simple if value is not None]
+        params: list[Any] = []
+        for _, value in simple:
+            if isinstance(value, tuple):
+                params.extend(value)
+            elif value is not None:
+                params.append(value)
         if where.text:
             words = re.findall(r"\w+", where.text)
             if words:

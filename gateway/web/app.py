@@ -276,6 +276,33 @@ async def events(console: Console, request: Request) -> Response:
                         query=urlencode(query))  # fmt: skip
 
 
+TRACKING = ("sender", "recipient", "client_ip", "message_id", "queue_id", "since", "until")
+
+
+@needs("viewer")
+async def tracking(console: Console, request: Request) -> Response:
+    """'Where is my mail?': every event of any kind that matches, one row per recipient."""
+    values = {k: str(request.query_params.get(k, "")).strip()[:200] for k in TRACKING}
+    rows: list[tuple[SecurityEvent, str]] = []
+    error = ""
+    if any(values[k] for k in TRACKING[:5]):
+        try:
+            since = parse_time(values["since"] or "7d")
+            until = parse_time(values["until"]) if values["until"] else None
+        except ValueError:
+            since, until, error = None, None, "Times are like 24h, 7d or 2026-11-21T10:00."
+        if not error:
+            where = EventFilter(
+                since=since, until=until, sender=values["sender"] or None,
+                recipient=values["recipient"] or None, client_ip=values["client_ip"] or None,
+                message_id=values["message_id"] or None, queue_id=values["queue_id"] or None,
+                limit=500,
+            )  # fmt: skip
+            found = await asyncio.to_thread(console.store.list, where)
+            rows = [(e, rcpt) for e in found for rcpt in (e.rcpts or ("",))]
+    return console.page(request, "tracking.html", rows=rows, filters=values, error=error)
+
+
 @needs("viewer")
 async def event(console: Console, request: Request) -> Response:
     event_id = request.path_params["event_id"]
@@ -475,6 +502,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/events", events(console)),
         Route("/events/label", label(console), methods=["POST"]),
         Route("/events/{event_id}", event(console)),
+        Route("/tracking", tracking(console)),
         Route("/events/{event_id}/label", label(console), methods=["POST"]),
         Route("/quarantine", quarantine_list(console)),
         Route("/quarantine/bulk", quarantine_bulk(console), methods=["POST"]),

@@ -468,3 +468,38 @@ def test_quarantine_search_and_bulk_release_with_a_confirmation(console, browser
     page.goto(f"{base}/quarantine?status=all&q=newsletter")
     assert "held" in page.inner_text("#quarantine")
     context.close()
+
+
+def test_tracking_finds_mail_by_queue_id_and_message_id_one_row_per_recipient(console, browser):
+    base, settings = console
+    store = store_of(settings)
+    store.add(SecurityEvent(
+        id="00000000000000d1.1", kind="message", action="accept", mail_from="carol@sender.test",
+        rcpts=("bob@example.test", "dave@example.test"), message_id="<track-1@sender.test>",
+        subject="Minutes", smtp_reply="250 2.0.0 OK: queued as 00000000000000d1.1",
+        backend_reply="250 2.0.0 Ok: queued as 4F2A1B3C9D",
+    ))  # fmt: skip
+    store.add(SecurityEvent(
+        id="00000000000000d2.1", kind="rcpt_refused", action="refused",
+        mail_from="carol@sender.test", rcpts=("gone@example.test",),
+        smtp_reply="550 5.1.1 <gone@example.test>: User unknown",
+    ))  # fmt: skip
+    store.close()
+    context, page = login(browser, base, "vic")
+    page.goto(f"{base}/tracking")
+    page.fill("#t-queue_id", "4F2A1B3C9D")
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**queue_id=4F2A1B3C9D**")
+    table = page.inner_text("#tracking")
+    assert "bob@example.test" in table
+    assert "dave@example.test" in table  # one row per recipient
+    assert "queued as 4F2A1B3C9D" in table
+    page.goto(f"{base}/tracking?message_id=track-1@sender.test")  # brackets optional
+    assert "Minutes" in page.inner_text("#tracking")
+    page.goto(f"{base}/tracking?sender=carol@sender.test")
+    table = page.inner_text("#tracking")
+    assert "rcpt_refused" in table  # refusals are found too
+    assert "User unknown" in table
+    page.click("#tracking a >> nth=0")
+    page.wait_for_url("**/events/00000000000000d*")
+    context.close()
