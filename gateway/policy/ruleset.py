@@ -73,7 +73,12 @@ class RuleSet:
     def evaluate(
         self, ctx: ScanContext, findings: Sequence[Finding], explain: bool = False
     ) -> list[RuleHit]:
-        """Rules in order; each sees the checks' findings and the earlier rules' hits."""
+        """Rules in order; each sees the checks' findings and the earlier rules' hits.
+
+        A rule that matched always says why (the conditions that decided it, recorded in the
+        event): the few hits are explained again, the many misses only tested. ``explain``
+        explains every rule as it goes (``rules test``).
+        """
         inp = RuleInput(ctx, list(findings))
         hits: list[RuleHit] = []
         for compiled in self.rules:
@@ -81,6 +86,8 @@ class RuleSet:
                 matched, reasons = compiled.node.explain(inp)
             else:
                 matched, reasons = compiled.node.test(inp), []
+                if matched:
+                    _, reasons = compiled.node.explain(inp)
             if matched:
                 hit = RuleHit(compiled, reasons)
                 hits.append(hit)

@@ -232,3 +232,14 @@ def test_schema_export_and_starter_rules_lint():
     assert {"LOCAL_ALLOW_SENDER", "EXECUTABLE_ATTACHMENT", "EXECUTIVE_NAME_FROM_OUTSIDE",
             "LOOKALIKE_DOMAIN", "PAYMENT_CHANGE_REQUEST"} <= set(names)  # fmt: skip
     assert all(r.rule.description and r.rule.owner for r in starter.rules)
+
+
+def test_a_matched_rule_says_why_in_the_finding_without_explain(ruleset):
+    """The event of a message shows the conditions that made each rule match (not empty)."""
+    ctx = ScanContext(Envelope(id="0000000000000000.1", raw=msg(subject="monthly newsletter"),
+                               mail_from="x@else.test", rcpts=("a@strict.test",)))  # fmt: skip
+    matched = ruleset.evaluate(ctx, [], explain=False)  # as the gateway runs it
+    assert matched
+    for hit in matched:
+        assert hit.reasons, hit.rule.rule.name
+        assert hit.finding().detail["matched"] == hit.reasons[:10]
