@@ -40,6 +40,7 @@ from gateway.quarantine import Quarantine
 from gateway.relay import make_backend
 from gateway.service import release_message
 from gateway.web import overview
+from gateway.web.message_view import describe
 from gateway.web.security import (
     LoginLimiter,
     allows,
@@ -409,7 +410,8 @@ async def quarantine_item(console: Console, request: Request) -> Response:
         )
     except UnknownIdError:
         return console.page(request, "error.html", 404, message="No such quarantined message.")
-    return console.page(request, "quarantine_item.html", entry=entry,
+    view = await asyncio.to_thread(describe, raw) if raw else None
+    return console.page(request, "quarantine_item.html", entry=entry, view=view,
                         message=raw[:200_000].decode("utf-8", "replace"))  # fmt: skip
 
 

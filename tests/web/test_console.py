@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -502,4 +503,45 @@ def test_tracking_finds_mail_by_queue_id_and_message_id_one_row_per_recipient(co
     assert "User unknown" in table
     page.click("#tracking a >> nth=0")
     page.wait_for_url("**/events/00000000000000d*")
+    context.close()
+
+
+def test_a_held_message_is_shown_parsed_links_and_attachments_explained(console, browser):
+    """Not raw MIME: attachments with true type and hash, archive members, misleading links."""
+    import hashlib
+    import zipfile
+    from email.message import EmailMessage
+
+    base, settings = console
+    payload = io.BytesIO()
+    with zipfile.ZipFile(payload, "w") as archive:
+        archive.writestr("invoice.pdf.exe", b"MZ" + b"\0" * 200)
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "it@bank.test", "bob@example.test", "Verify now"
+    mail.set_content("Please verify.")
+    mail.add_alternative('<p>Log in at <a href="http://evil.example/x">www.bank.test</a> '
+                         "today.</p>", subtype="html")  # fmt: skip
+    mail.add_attachment(payload.getvalue(), maintype="application", subtype="zip",
+                        filename="invoice.zip")  # fmt: skip
+    raw = mail.as_bytes()
+    store = store_of(settings)
+    store.add(SecurityEvent(id="00000000000000c1.1", kind="message", subject="Verify now",
+                            action="quarantine"), Retained(raw, None, None))  # fmt: skip
+    Quarantine(settings.store.quarantine_dir, store).hold(
+        "00000000000000c1.1", "it@bank.test", ("bob@example.test",), "Verify now", 14.0,
+        "score 14", raw,
+    )  # fmt: skip
+    store.close()
+    context, page = login(browser, base, "vic")
+    page.goto(f"{base}/quarantine/00000000000000c1.1")
+    attachments = page.inner_text("#attachments")
+    assert "invoice.zip" in attachments
+    assert "application/zip" in attachments
+    assert hashlib.sha256(payload.getvalue()).hexdigest() in attachments
+    assert "invoice.zip/invoice.pdf.exe" in attachments  # the archive's member
+    links = page.inner_text("#links")
+    assert "evil.example" in links
+    assert "the text names another host" in links
+    assert "Please verify." in page.inner_text("#text")
+    assert "Subject" in page.inner_text("#headers")
     context.close()
