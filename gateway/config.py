@@ -389,6 +389,10 @@ class WebConfig(FrozenModel):
     # Send the session cookie over HTTPS only: set true behind a TLS-terminating proxy.
     secure_cookies: bool = False
     session_hours: PositiveFloat = 8.0
+    # The console's address as mailbox owners reach it: the links in quarantine digests.
+    public_url: str = "http://127.0.0.1:8025"
+    # How long a digest's release/delete link works (each works once).
+    digest_link_hours: PositiveFloat = 72.0
     page_size: Annotated[int, Field(ge=10, le=500)] = 50
 
     @field_validator("listen")

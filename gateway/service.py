@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import random
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -224,29 +225,36 @@ async def release_message(
     message_id: str,
     actor: str,
     label_ham: bool = True,
+    recipients: Sequence[str] | None = None,
 ) -> Reply:
     """Send a held message to the backend; mark it released only if the backend took it.
 
-    A released message was a false positive: that is a label (ham) for retraining.
+    ``recipients``: only these of its recipients (a mailbox owner releasing their copy);
+    the message stays held for the others. A released message was a false positive: that
+    is a label (ham) for retraining.
     """
     entry = await asyncio.to_thread(quarantine.get, message_id)
     held = await asyncio.to_thread(quarantine.read, message_id)
+    targets = tuple(r for r in entry.rcpts if recipients is None or r.lower() in
+                    {x.lower() for x in recipients})  # fmt: skip
+    if not targets:
+        raise UnknownIdError(f"message {message_id} is not held for {', '.join(recipients or ())}")
     # The copy says what was decided then; what arrives says it was released, and by whom.
     message = relabel(held, actor)
-    delivered = await deliver(backend, entry.mail_from, entry.rcpts, message)
+    delivered = await deliver(backend, entry.mail_from, targets, message)
     reply = delivered.reply
-    if delivered.ok:
+    if delivered.ok and len(targets) == len(entry.rcpts):
         await asyncio.to_thread(quarantine.set_status, message_id, "released")
-        if label_ham:
-            try:
-                await asyncio.to_thread(store.add_label, message_id, "ham", "release", actor)
-            except UnknownIdError:
-                log.warning("released %s has no event to label", message_id)
+    if delivered.ok and label_ham:
+        try:
+            await asyncio.to_thread(store.add_label, message_id, "ham", "release", actor)
+        except UnknownIdError:
+            log.warning("released %s has no event to label", message_id)
     event = SecurityEvent(
         id=f"{new_connection_id()}.1",
         kind=EventKind.QUARANTINE_RELEASE,
         mail_from=entry.mail_from,
-        rcpts=entry.rcpts,
+        rcpts=targets,
         subject=entry.subject,
         size=entry.size,
         action="release" if delivered.ok else "release_failed",

@@ -25,6 +25,11 @@ def add_parsers(
     qlist.add_argument("--limit", type=int, default=100)
     qlist.add_argument("--json", action="store_true")
     qlist.set_defaults(func=_list)
+    digest = q_sub.add_parser(
+        "digest", parents=[common], help="mail each recipient their held messages, with links"
+    )
+    digest.add_argument("--since", default="24h", help="held since (default 24h)")
+    digest.set_defaults(func=_digest)
     for name, text, func in (
         ("show", "metadata (or --raw bytes)", _show),
         ("release", "deliver to the backend", _release_command),
@@ -90,6 +95,34 @@ def _delete(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _digest(args: argparse.Namespace) -> int:
+    """One digest per recipient with held messages, sent through the backend."""
+    from gateway.digest import LinkSigner, digest_message, held_by_recipient
+    from gateway.events import parse_time
+    from gateway.relay import deliver, make_backend
+    from gateway.web.security import secret_key
+
+    settings = settings_of(args)
+    web = settings.web
+    signer = LinkSigner(secret_key(web.secret_key, web.secret_file), web.digest_link_hours)
+    store, quarantine = _open(args)
+    try:
+        groups = held_by_recipient(quarantine, parse_time(args.since))
+    finally:
+        store.close()
+    sender = f"quarantine@{settings.server.identity}"
+    backend = make_backend(settings.backend, settings.server.identity)
+    failed = 0
+    for recipient, entries in sorted(groups.items()):
+        raw = digest_message(recipient, entries, signer, web.public_url, sender)
+        delivered = asyncio.run(deliver(backend, sender, [recipient], raw))
+        print(f"{recipient}: {len(entries)} held, digest {delivered.reply}")
+        failed += not delivered.ok
+    if not groups:
+        print("nothing held: no digest sent")
+    return 1 if failed else 0
 
 
 def _release_command(args: argparse.Namespace) -> int:

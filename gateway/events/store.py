@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -91,6 +92,10 @@ CREATE TABLE IF NOT EXISTS users (
     role TEXT NOT NULL,
     created REAL NOT NULL,
     disabled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS used_links (
+    digest TEXT PRIMARY KEY,
+    time REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -439,6 +444,19 @@ class SqliteStore:
         """Log one session out, server-side (the cookie is worthless from now on)."""
         with self.transaction() as db:
             db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    def use_link(self, token: str) -> bool:
+        """Mark a single-use link used; False when it already was (a second click)."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        try:
+            with self.transaction() as db:
+                db.execute("INSERT INTO used_links (digest, time) VALUES (?, ?)",
+                           (digest, time.time()))  # fmt: skip
+        except StoreError as exc:
+            if "UNIQUE" in str(exc):
+                return False
+            raise
+        return True
 
     def user(self, name: str) -> dict[str, Any] | None:
         """One user's row, or None."""

@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from gateway.config import Settings
 from gateway.context import new_connection_id
+from gateway.digest import LinkSigner
 from gateway.errors import GatewayError, UnknownIdError
 from gateway.events import (
     LABELS,
@@ -77,6 +78,9 @@ class Console:
         self.backend = make_backend(settings.backend, settings.server.identity)
         self.recorder = EventRecorder(self.store)
         self.limiter = LoginLimiter()
+        web = settings.web
+        # Digest links are signed with the console's key (mailmoat quarantine digest).
+        self.links = LinkSigner(secret_key(web.secret_key, web.secret_file), web.digest_link_hours)
         # The overview aggregates a week of events: computed at most once a minute.
         self.overview_cache: tuple[float, dict[str, Any]] | None = None
         self.templates = Environment(
@@ -483,6 +487,48 @@ async def users(console: Console, request: Request) -> Response:
     return console.page(request, "users.html", users=listing, message=message, roles=ROLES)
 
 
+async def digest_link(console: Console, request: Request) -> Response:
+    """A mailbox owner's link from a digest: no account; the signed link is the credential.
+
+    GET shows what the link will do and asks (mail scanners fetch links: a GET changes
+    nothing); POST does it, once, for that recipient only, and records it.
+    """
+    token = request.path_params["token"]
+    try:
+        claim = console.links.claim(token)
+        entry = await asyncio.to_thread(console.quarantine.get, claim.message_id)
+    except UnknownIdError as exc:
+        return console.page(request, "error.html", 403, message=str(exc))
+    if claim.recipient not in {r.lower() for r in entry.rcpts} or entry.status != "held":
+        return console.page(request, "error.html", 410, message="This message is no longer held.")
+    done = ""
+    if request.method == "POST":
+        if not await asyncio.to_thread(console.store.use_link, token):
+            return console.page(request, "error.html", 410, message="This link was already used.")
+        if claim.action == "release":
+            reply = await release_message(
+                console.quarantine, console.store, console.backend, console.recorder,
+                entry.id, claim.recipient, recipients=[claim.recipient],
+            )  # fmt: skip
+            done = "Released: it is on its way to your mailbox." if reply.ok else (
+                f"Your mail store refused it: {reply}")  # fmt: skip
+        else:
+            if len(entry.rcpts) == 1:
+                await asyncio.to_thread(console.quarantine.set_status, entry.id, "deleted")
+            with contextlib.suppress(UnknownIdError):
+                await asyncio.to_thread(console.store.add_label, entry.id, "spam", "user",
+                                        claim.recipient)  # fmt: skip
+            done = "Deleted."
+        event = SecurityEvent(
+            id=f"{new_connection_id()}.1", kind=EventKind.AUDIT, action=f"user_{claim.action}",
+            details={"user": claim.recipient, "target": entry.id, "via": "digest link"},
+        )  # fmt: skip
+        with contextlib.suppress(GatewayError):
+            await asyncio.to_thread(console.recorder.record, event)
+    return console.page(request, "digest_link.html", entry=entry, claim=claim, done=done,
+                        token=token)  # fmt: skip
+
+
 async def healthz(console: Console, request: Request) -> Response:
     return PlainTextResponse("ok\n")
 
@@ -512,6 +558,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/quarantine/{qid}/{what}", quarantine_action(console), methods=["POST"]),
         Route("/users", users(console), methods=["GET", "POST"]),
         Route("/healthz", bound(healthz)),
+        Route("/q/{token}", bound(digest_link), methods=["GET", "POST"]),
     ]
     web = settings.web
     middleware = [

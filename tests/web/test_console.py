@@ -545,3 +545,77 @@ def test_a_held_message_is_shown_parsed_links_and_attachments_explained(console,
     assert "Please verify." in page.inner_text("#text")
     assert "Subject" in page.inner_text("#headers")
     context.close()
+
+
+def test_a_mailbox_owner_releases_from_the_digest_link_without_an_account(console, browser, sink,
+                                                                         tmp_path):  # fmt: skip
+    """Held -> digest at the sink -> the link in headless Chromium -> the message arrives."""
+    import email
+    import email.policy
+    import re as regex
+    import subprocess
+    import sys
+
+    base, settings = console
+    _, handler = sink
+    store = store_of(settings)
+    held = Quarantine(settings.store.quarantine_dir, store)
+    for n, subject in enumerate(("Quarterly figures", "Lottery win")):
+        event_id = f"{0xB0 + n:016x}.1"
+        raw = message(subject=subject, To="carol@example.test")
+        event = SecurityEvent(id=event_id, kind="message", subject=subject, action="quarantine",
+                              rcpts=("carol@example.test",))  # fmt: skip
+        store.add(event, Retained(raw, None, None))
+        held.hold(event_id, "a@sender.test", ("carol@example.test",), subject, 11.0, "score", raw)
+    store.close()
+    config = write_config(tmp_path / "digest.toml", {
+        "store": {"path": str(settings.store.path)},
+        "backend": {"kind": "smtp", "host": "127.0.0.1", "port": sink[0].port},
+        "server": {"accept_domains": ["example.test"], "hostname": "mx.test"},
+        "web": {"secret_file": str(settings.web.secret_file), "public_url": base},
+    })  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "quarantine", "digest", "--config", str(config),
+         "--since", "1h"], capture_output=True, text=True, timeout=120, check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "carol@example.test: 2 held" in done.stdout
+    [digest] = [m for m in handler.messages
+                if b"held for you" in m.data and m.rcpts == ["carol@example.test"]]  # fmt: skip
+    text = email.message_from_bytes(digest.data, policy=email.policy.default)
+    body = text.get_body(("plain",)).get_content()
+    section = body.split("Quarterly figures", 1)[1]
+    release = regex.search(r"release: (\S+)", section).group(1)
+    delete = regex.search(r"delete: +(\S+)", body.split("Lottery win", 1)[1]).group(1)
+    # No account: the signed link is the credential. The page asks before it acts.
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(release)
+    assert "Held for carol@example.test" in page.inner_text("h1")
+    before = len(handler.messages)
+    page.click("#act")
+    assert "Released" in page.inner_text("#done")
+    deadline = time.monotonic() + 10
+    while len(handler.messages) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [arrived] = handler.messages[before:]
+    assert b"Quarterly figures" in arrived.data
+    assert arrived.rcpts == ["carol@example.test"]
+    # Once only; a changed link is refused; the delete link deletes the other one.
+    assert context.request.post(release).status == 410
+    assert context.request.get(release.replace("/q/", "/q/x")).status == 403
+    page.goto(delete)
+    page.click("#act")
+    assert "Deleted" in page.inner_text("#done")
+    store = store_of(settings)
+    assert store.current_label(f"{0xB0:016x}.1").author == "carol@example.test"
+    assert store.current_label(f"{0xB1:016x}.1").label == "spam"
+    trail = store.list(EventFilter(kind="audit", limit=500))
+    audit = {(e.action, e.details.get("user")) for e in trail}
+    assert ("user_release", "carol@example.test") in audit
+    assert (
+        Quarantine(settings.store.quarantine_dir, store).get(f"{0xB1:016x}.1").status == "deleted"
+    )
+    store.close()
+    context.close()
