@@ -61,12 +61,20 @@ def add_model_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "learn", parents=[common], help="label reported messages (like sa-learn)"
     )
     kind = learn.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--watch", metavar="MAILDIR", type=Path,
+                      help="a user's Maildir: moves into Junk are spam, out of it ham")  # fmt: skip
     kind.add_argument("--spam", action="store_const", const="spam", dest="label")
     kind.add_argument("--ham", action="store_const", const="ham", dest="label")
     kind.add_argument("--phish", action="store_const", const="phish", dest="label")
     kind.add_argument("--forget", action="store_const", const="forget", dest="label",
                       help="withdraw labels learned for these messages (unlearn)")  # fmt: skip
-    learn.add_argument("paths", nargs="+", metavar="PATH", help="files, Maildirs or mbox files")
+    learn.add_argument("paths", nargs="*", metavar="PATH", help="files, Maildirs or mbox files")
+    learn.add_argument("--user", help="--watch: whose Maildir (default: its folder's name)")
+    learn.add_argument("--junk", default="Junk", help="--watch: the junk folder (Maildir++)")
+    learn.add_argument(
+        "--interval", type=float, default=60.0, help="--watch: seconds between looks"
+    )
+    learn.add_argument("--once", action="store_true", help="--watch: one look, then exit")
     learn.add_argument("--by", default=os.environ.get("USER", "cli"), help="who reports")
     learn.set_defaults(func=cmd_learn)
 
@@ -202,6 +210,10 @@ def _promote(models: Path, model_id: str, force: bool) -> int:
 
 def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
     """Label reported messages: matched to events by Message-ID, else stored as samples."""
+    if args.watch is not None:
+        return _watch(args, settings)
+    if not args.paths:
+        raise ConfigError("give the files, Maildirs or mbox files to learn from")
     store = SqliteStore(settings.store.database)
     counts = {"matched": 0, "samples": 0, "withdrawn": 0, "skipped": 0}
     try:
@@ -231,6 +243,27 @@ def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     print(json.dumps(counts))
+    return 0
+
+
+def _watch(args: argparse.Namespace, settings: Settings) -> int:
+    import hashlib
+
+    from training.watch import watch
+
+    root = args.watch.resolve()
+    user = args.user or root.name
+    state = settings.store.path / "learn-watch" / (
+        hashlib.sha256(str(root).encode()).hexdigest()[:16] + ".json")  # fmt: skip
+    store = SqliteStore(settings.store.database)
+    try:
+        watch(store, root, user, args.junk, state, args.interval,
+              lambda counts: print(json.dumps({"user": user, **counts}), flush=True),
+              passes=1 if args.once else None)  # fmt: skip
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()
     return 0
 
 

@@ -211,3 +211,39 @@ def test_a_time_split_without_spam_to_test_stops_before_training(small_corpus, c
     said = capsys.readouterr().err
     assert "holds no spam: label spam among recent events" in said
     assert not out.exists()
+
+
+def test_learn_watch_turns_junk_moves_into_labels(config, tmp_path, capsys):
+    """A message moved into Junk is spam by its user; moved back out, ham."""
+    import mailbox
+
+    root = tmp_path / "carol"
+    inbox = mailbox.Maildir(root, create=True)
+    junk = inbox.add_folder("Junk")  # Maildir++: root/.Junk
+    store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+    store.add(SecurityEvent(id=f"{0x77:016x}.1", kind="message", message_id="<seen@x.test>",
+                            subject="Seen by the gateway"))  # fmt: skip
+    store.close()
+    seen = b"Message-ID: <seen@x.test>\nSubject: Seen by the gateway\n\nhi\n"
+    unseen = b"Message-ID: <never@x.test>\nSubject: Not through us\n\nbuy\n"
+    key = junk.add(seen)
+    junk.add(unseen)
+    cfg = ["--config", str(config)]
+    assert main(["learn", *cfg, "--watch", str(root), "--once"]) == 0
+    assert '"spam": 2' in capsys.readouterr().out
+    store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+    label = store.current_label(f"{0x77:016x}.1")
+    assert (label.label, label.source, label.author) == ("spam", "user", "carol")
+    store.close()
+    assert main(["learn", *cfg, "--watch", str(root), "--once"]) == 0  # nothing moved
+    assert capsys.readouterr().out == ""
+    inbox.add(junk.get_bytes(key))  # the user moves it back to the inbox
+    junk.remove(key)
+    assert main(["learn", *cfg, "--watch", str(root), "--once"]) == 0
+    assert '"ham": 1' in capsys.readouterr().out
+    store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+    assert store.current_label(f"{0x77:016x}.1").label == "ham"
+    [sample] = store.list(EventFilter(kind="sample", limit=10))  # never seen: kept as a sample
+    assert sample.message_id == "<never@x.test>"
+    assert store.current_label(sample.id).label == "spam"
+    store.close()
