@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from gateway import __version__
 from gateway.cli import backup, console, events, init, quarantine, report, rules, scan, serve
 from gateway.cli.common import settings_of, setup_logging
-from gateway.errors import ConfigError, GatewayError, UnknownIdError
+from gateway.errors import ConfigError, GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             status: int = args.func(args, settings_of(args))
         else:
             status = args.func(args)
-    except UnknownIdError as exc:
-        print(f"mailmoat: {exc}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:  # bad settings or arguments
         print(f"mailmoat: {exc}", file=sys.stderr)
         return 2
-    except GatewayError as exc:
+    except GatewayError as exc:  # an unknown id, a store or backend failure
         print(f"mailmoat: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:
-        print(f"mailmoat: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

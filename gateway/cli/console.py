@@ -7,13 +7,11 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-from gateway.cli.common import settings_of, store_of
+from gateway.cli.common import Subparsers, settings_of, store_of
 from gateway.events import SqliteStore
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     web = sub.add_parser("web", parents=[common], help="run the review console")
     web.add_argument("--listen", help="HOST:PORT (default: [web] listen, 127.0.0.1:8025)")
     web.set_defaults(func=cmd_web)

@@ -7,14 +7,12 @@ import json
 import os
 import sys
 
-from gateway.cli.common import fmt_time, store_of
+from gateway.cli.common import Subparsers, fmt_time, store_of
 from gateway.errors import UnknownIdError
 from gateway.events import EventFilter, SecurityEvent, SqliteStore, parse_time
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     events = sub.add_parser("events", help="security events")
     events_sub = events.add_subparsers(dest="ecommand", required=True)
     elist = events_sub.add_parser("list", parents=[common], help="list events, newest first")

@@ -8,16 +8,14 @@ import json
 import os
 import sys
 
-from gateway.cli.common import fmt_time, settings_of
+from gateway.cli.common import Subparsers, fmt_time, settings_of
 from gateway.config import Settings
 from gateway.context import new_connection_id
 from gateway.events import EventKind, SecurityEvent, SqliteStore
 from gateway.quarantine import Quarantine
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     quarantine = sub.add_parser("quarantine", help="held messages")
     q_sub = quarantine.add_subparsers(dest="qcommand", required=True)
     qlist = q_sub.add_parser("list", parents=[common])

@@ -9,16 +9,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.cli.common import ask_to_reload, iter_message_files, read_message, settings_of
+from gateway.cli.common import (
+    Subparsers,
+    ask_to_reload,
+    iter_message_files,
+    read_message,
+    settings_of,
+)
 from gateway.config import Settings
 from gateway.context import Envelope, ScanContext, new_connection_id
 from gateway.events import SqliteStore, parse_time
 from gateway.pipeline import Pipeline
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     rules = sub.add_parser("rules", help="staff rules: lint, test, replay, stats, schema, reload")
     r_sub = rules.add_subparsers(dest="rcommand", required=True)
     lint = r_sub.add_parser("lint", parents=[common], help="check rule files (file:line errors)")

@@ -7,14 +7,12 @@ import asyncio
 import json
 import sys
 
-from gateway.cli.common import iter_message_files, read_message, settings_of
+from gateway.cli.common import Subparsers, iter_message_files, read_message, settings_of
 from gateway.context import Envelope, ScanContext, new_connection_id
 from gateway.pipeline import Pipeline, policy_problems
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     scan = sub.add_parser("scan", parents=[common], help="run the pipeline on message files")
     scan.add_argument("paths", nargs="+", metavar="PATH", help="message files or directories")
     scan.add_argument("--json", action="store_true", help="one JSON object per message per line")

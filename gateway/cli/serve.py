@@ -12,7 +12,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from gateway.cli.common import ask_to_reload, settings_of
+from gateway.cli.common import Subparsers, ask_to_reload, settings_of
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 from gateway.pipeline import Pipeline
@@ -22,9 +22,7 @@ from gateway.smtp.limits import ConnectionCounts
 log = logging.getLogger(__name__)
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     serve = sub.add_parser("serve", parents=[common], help="run the gateway (SMTP proxy, milter)")
     serve.set_defaults(func=cmd_serve)
     reload = sub.add_parser(
