@@ -5,40 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 from pathlib import Path
 
-from gateway.config import MilterConfig, parse_hostport
-from gateway.errors import ConfigError
+from gateway.config import MilterConfig
+from gateway.listen import LISTEN_BACKLOG, listen_on
 from gateway.message_service import MessageService
 from gateway.milter.session import MilterSession
 from gateway.service import Gateway
 
 log = logging.getLogger(__name__)
-LISTEN_BACKLOG = 1024
 
 
 def milter_socket(config: MilterConfig) -> socket.socket:
     """The listening socket, bound before workers are forked (shared, like the SMTP one)."""
-    try:
-        if config.listen.startswith("unix:"):
-            path = Path(config.listen[5:])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_socket():
-                path.unlink()  # left by a previous run; a live one would still be bound
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(str(path))
-            os.chmod(path, int(config.socket_mode, 8))
-            sock.listen(LISTEN_BACKLOG)
-        else:
-            host, port = parse_hostport(config.listen)
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
-    except OSError as exc:
-        raise ConfigError(f"milter.listen: cannot listen on {config.listen}: {exc}") from exc
-    sock.setblocking(False)
-    return sock
+    return listen_on(config.listen, "milter.listen", config.socket_mode)
 
 
 class MilterServer:

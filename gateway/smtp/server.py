@@ -12,8 +12,8 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 
 from gateway.config import ServerConfig
-from gateway.errors import ConfigError
 from gateway.events import EventKind, SecurityEvent
+from gateway.listen import LISTEN_BACKLOG, listen_on
 from gateway.service import Gateway
 from gateway.smtp import replies
 from gateway.smtp.handler import ProxyHandler
@@ -24,7 +24,6 @@ from gateway.types import Phase, SessionInfo
 log = logging.getLogger(__name__)
 # Connections the kernel queues before a worker accepts them (asyncio's default is 100): a
 # burst of reconnecting senders overflowed it, and dropped SYNs cost clients seconds.
-LISTEN_BACKLOG = 1024
 
 
 @dataclass
@@ -288,28 +287,8 @@ class SmtpServer:
 
 
 def listening_socket(config: ServerConfig) -> socket.socket:
-    """One listening socket for all workers, bound before they are forked.
-
-    Every worker waits in accept on it and the kernel hands a connection to one that is
-    waiting, so an idle worker takes the next client; SO_REUSEPORT would hash connections
-    to workers instead and can pile them on a busy one (a longer tail of latencies).
-    """
-    host, port = config.listen_address
-    try:
-        if host == "*":
-            dual = socket.has_dualstack_ipv6()
-            family = socket.AF_INET6 if dual else socket.AF_INET
-            sock = socket.create_server(
-                ("", port), family=family, dualstack_ipv6=dual, backlog=LISTEN_BACKLOG
-            )
-        else:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
-    except OSError as exc:
-        # One clear line for the operator (a port in use, no permission for port 25).
-        raise ConfigError(f"server.listen: cannot listen on {config.listen}: {exc}") from exc
-    sock.setblocking(False)
-    return sock
+    """One listening socket for all workers, bound before they are forked."""
+    return listen_on(config.listen, "server.listen")
 
 
 def _tls_context(config: ServerConfig) -> ssl.SSLContext | None:
