@@ -8,7 +8,7 @@ The path of a message reads top to bottom in ``MessageService.process``:
    hands the message back to the MTA with our headers); quarantine -> fsync'd copy and
    index; reject -> 5xx; tempfail -> 4xx; discard -> dropped, on purpose;
 4. count it (metrics) and record the SecurityEvent, committed before the reply;
-5. return an Outcome: the reply, the headers to add and the forged ones to remove, the event.
+5. return an Outcome: the reply, the headers added, the event.
 
 A front (gateway/smtp/, gateway/milter/) only translates its protocol into this call and the
 Outcome back; it never decides, stores or records a message by itself.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.context import ScanContext
-from gateway.disposition import forged_fields, stamp, verdict_headers
+from gateway.disposition import stamp, verdict_headers
 from gateway.errors import RelayError, StoreError
 from gateway.events import EventKind, SecurityEvent
 from gateway.message import bare_line_endings
@@ -70,8 +70,6 @@ class Outcome:
     event: SecurityEvent
     # Header fields to add, top first (the proxy has already added them to what it relayed).
     headers: tuple[tuple[str, str], ...] = ()
-    # Fields of ours that arrived forged: (name, occurrence among fields of that name, 1-based).
-    forged: tuple[tuple[str, int], ...] = ()
 
     @property
     def accepted(self) -> bool:
@@ -151,8 +149,7 @@ class MessageService:
         await gateway.record(event, gateway.retention(ctx, action))
 
         # 5. The outcome for the front.
-        forged = forged_fields(env.raw, gateway.hostname) if headers else ()
-        return Outcome(action, answer, verdict, event, headers, forged)
+        return Outcome(action, answer, verdict, event, headers)
 
     async def early(
         self,

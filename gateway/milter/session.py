@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.context import Envelope, ScanContext, new_connection_id
+from gateway.disposition import forged_fields
 from gateway.message_service import Headers, MessageService, Outcome
 from gateway.milter import protocol as p
 from gateway.relay import Reply
@@ -50,9 +52,19 @@ RECORDED = ("i", "j", "daemon_name", "client_addr", "client_name", "client_port"
 
 
 class MilterDelivery:
-    """Accepted mail goes back to the MTA, which queues it after our reply: nothing to send."""
+    """Accepted mail goes back to the MTA, which queues it after our reply: nothing to send.
+
+    The MTA keeps the message as it came, so what the proxy strips in ``stamp`` (forged
+    fields of ours) is found here, to be deleted by name and index in the replies.
+    """
+
+    def __init__(self, authserv_id: str) -> None:
+        self.authserv_id = authserv_id
+        self.forged: tuple[tuple[str, int], ...] = ()
 
     async def deliver(self, ctx: ScanContext, headers: Headers) -> Reply:
+        if headers:  # as stamp: nothing is removed when nothing of ours is added
+            self.forged = forged_fields(ctx.envelope.raw, self.authserv_id)
         return Reply(250, "2.0.0 handed back to the MTA")
 
     async def abandon(self) -> None:
@@ -245,8 +257,9 @@ class MilterSession:
                 limit = self.max_message_size
                 await self.send(p.reply_code(replies.S552_TOO_BIG.format(limit=limit)))
                 return
-            outcome = await self._process(message)
-            await self.send(*self.replies(outcome))
+            delivery = MilterDelivery(self.service.gateway.hostname)
+            outcome = await self._process(message, delivery)
+            await self.send(*self.replies(outcome, delivery.forged))
         except p.MilterProtocolError:
             raise
         except Exception:
@@ -256,7 +269,7 @@ class MilterSession:
         finally:
             self.busy = False
 
-    async def _process(self, message: MessageState) -> Outcome:
+    async def _process(self, message: MessageState, delivery: MilterDelivery) -> Outcome:
         raw = b"".join(message.head) + b"".join(message.body)
         ip = self.client_ip or self.macros.get("client_addr", "")
         env = Envelope(
@@ -274,10 +287,13 @@ class MilterSession:
         front: dict[str, Any] = {"front": "milter", "mta": mta}
         if self.client_name:
             front["client_name"] = self.client_name
-        return await self.service.process(ScanContext(env), MilterDelivery(), front)
+        return await self.service.process(ScanContext(env), delivery, front)
 
-    def replies(self, outcome: Outcome) -> list[bytes]:
-        """The end-of-message replies for an outcome (see the table in the module doc)."""
+    def replies(self, outcome: Outcome, forged: Sequence[tuple[str, int]] = ()) -> list[bytes]:
+        """The end-of-message replies for an outcome (see the table in the module doc).
+
+        ``forged``: fields of ours that arrived forged, (name, occurrence of that name).
+        """
         action = outcome.action
         if not outcome.accepted:  # reject, tempfail, or a failure on our side
             return [p.reply_code(outcome.reply)]
@@ -290,7 +306,7 @@ class MilterSession:
             return [p.packet(p.SMFIR_DISCARD)]
         out = []
         # Highest occurrence first: deleting one never shifts the index of the next.
-        for name, index in sorted(outcome.forged, key=lambda f: (f[0].lower(), -f[1])):
+        for name, index in sorted(forged, key=lambda f: (f[0].lower(), -f[1])):
             out.append(p.header_change(p.SMFIR_CHGHEADER, index, name, ""))
         lead = " " if self.protocol & p.SMFIP_HDR_LEADSPC else ""
         # Inserted at the top one by one: the last inserted ends up first.
