@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from gateway.auth.results import authserv_id_of, strip_forged
+from gateway.auth.results import claims, strip_forged
 from gateway.message import iter_header_fields, split_header_block
 from gateway.types import Action, Status, Verdict
 
@@ -133,7 +133,6 @@ def forged_fields(raw: bytes, authserv_id: str) -> tuple[tuple[str, int], ...]:
     A milter cannot rewrite the message: it asks the MTA to delete each field by name and
     index (SMFIR_CHGHEADER with an empty value), so it needs them counted this way.
     """
-    ours = authserv_id.lower()
     seen: dict[bytes, int] = {}
     forged: list[tuple[str, int]] = []
     block, _ = split_header_block(raw)
@@ -142,13 +141,13 @@ def forged_fields(raw: bytes, authserv_id: str) -> tuple[tuple[str, int], ...]:
             continue
         lower = name.lower()
         seen[lower] = seen.get(lower, 0) + 1
-        if lower in OWN_HEADERS or lower.startswith(OWN_PREFIX):
+        if _is_ours(lower) or claims(name, text, authserv_id):
             forged.append((name.decode("ascii", "replace"), seen[lower]))
-        elif lower == b"authentication-results":
-            value = text.split(b":", 1)[1].decode("utf-8", "replace")
-            if authserv_id_of(value) == ours:
-                forged.append((name.decode("ascii", "replace"), seen[lower]))
     return tuple(forged)
+
+
+def _is_ours(lower_name: bytes) -> bool:
+    return lower_name in OWN_HEADERS or lower_name.startswith(OWN_PREFIX)
 
 
 def _field(name: str, value: str) -> bytes:

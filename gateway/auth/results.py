@@ -64,15 +64,20 @@ def authserv_id_of(value: str) -> str:
     return parts[0].lower() if parts else ""
 
 
+def claims(name: bytes, field: bytes, authserv_id: str) -> bool:
+    """Whether a raw header field is an Authentication-Results in ``authserv_id``'s name."""
+    if name.lower() != b"authentication-results":
+        return False
+    value = field.split(b":", 1)[1].decode("utf-8", "replace")
+    return authserv_id_of(value) == authserv_id.lower()
+
+
 def strip_forged(raw: bytes, authserv_id: str) -> bytes:
     """Remove every Authentication-Results field that claims our authserv-id (RFC 8601 5)."""
-    ours = authserv_id.lower()
     block, body = split_header_block(raw)
-    kept = []
-    for name, text in iter_header_fields(block):
-        if name is not None and name.lower() == b"authentication-results":
-            value = text.split(b":", 1)[1].decode("utf-8", "replace")
-            if authserv_id_of(value) == ours:
-                continue
-        kept.append(text)
+    kept = [
+        text
+        for name, text in iter_header_fields(block)
+        if name is None or not claims(name, text, authserv_id)
+    ]
     return b"".join(kept) + body
