@@ -7,7 +7,7 @@ import difflib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.checks import REGISTRY
@@ -45,15 +45,18 @@ def known_symbols(checks: Sequence[Check]) -> set[str]:
     return symbols
 
 
-def policy_problems(settings: Settings, rules: RuleSet | None) -> list[str]:
-    """Symbols in scores.toml or [policy] force that nothing emits: a typo acts on nothing.
+def policy_problems(
+    settings: Settings, rules: RuleSet | None, scores: Mapping[str, object]
+) -> list[str]:
+    """Symbols in scores.toml (``scores``, as loaded) or [policy] force that nothing emits:
+    a typo acts on nothing.
 
     ``VIRUS_FUOND = "score"`` would leave the virus forced and look like it did not.
     """
     known = known_symbols([]) | set(rules.names if rules is not None else ())
     problems = []
     scores_file = settings.policy.scores_file
-    for symbol in load_scores(scores_file):
+    for symbol in scores:
         if symbol not in known:
             problems.append(
                 f"{scores_file}: {symbol}: no check emits this symbol{_near(symbol, known)}"
@@ -91,11 +94,17 @@ class Pipeline:
     """The checks, the staff rules and the policy in service; replaced whole on reload."""
 
     def __init__(
-        self, checks: Sequence[Check], policy: Policy, rules: RuleSet | None = None
+        self,
+        checks: Sequence[Check],
+        policy: Policy,
+        rules: RuleSet | None = None,
+        problems: Sequence[str] = (),
     ) -> None:
         self.checks = tuple(checks)
         self.policy = policy
         self.rules = rules
+        # What `mailmoat config check` reports as errors (logged as warnings in service).
+        self.problems = tuple(problems)
 
     @classmethod
     def from_settings(cls, settings: Settings, services: Services | None = None) -> Pipeline:
@@ -122,9 +131,10 @@ class Pipeline:
             for warning in rules.warnings:
                 log.warning("%s", warning)
             log.info("rules: %d loaded, version %s", len(rules.rules), rules.version)
-        for problem in policy_problems(settings, rules):
+        problems = policy_problems(settings, rules, scores)
+        for problem in problems:
             log.warning("%s", problem)
-        return cls(checks, policy, rules)
+        return cls(checks, policy, rules, problems)
 
     async def scan(self, ctx: ScanContext, explain: bool = False) -> ScanResult:
         """Run every check concurrently; a failing or slow check becomes an ERROR finding."""

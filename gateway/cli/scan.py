@@ -9,7 +9,7 @@ import sys
 
 from gateway.cli.common import Subparsers, iter_message_files, read_message, settings_of
 from gateway.context import Envelope, ScanContext, new_connection_id
-from gateway.pipeline import Pipeline, policy_problems
+from gateway.pipeline import Pipeline
 
 
 def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -81,7 +81,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     pipeline = Pipeline.from_settings(settings)
-    problems = policy_problems(settings, pipeline.rules)
+    problems = pipeline.problems
     origin = args.config or "embedded defaults"
     print(f"{origin}: {'OK' if not problems else f'{len(problems)} error(s)'}")
     print(f"  listen   {settings.server.listen or '(no SMTP front)'}")
