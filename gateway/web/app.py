@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from gateway.events import (
     parse_time,
 )
 from gateway.quarantine import Quarantine
-from gateway.relay import make_backend
+from gateway.relay import Reply, make_backend
 from gateway.service import release_message
 from gateway.web import overview
 from gateway.web.message_view import describe
@@ -89,6 +89,17 @@ class Console:
         self.templates.filters["when"] = lambda t: datetime.fromtimestamp(t, UTC).strftime(
             "%Y-%m-%d %H:%M:%S"
         )
+
+    async def release(
+        self,
+        message_id: str,
+        actor: str,
+        label_ham: bool = True,
+        recipients: Sequence[str] | None = None,
+    ) -> Reply:
+        """Send a held message to the backend (see service.release_message)."""
+        return await release_message(self.quarantine, self.store, self.backend, self.recorder,
+                                     message_id, actor, label_ham, recipients)  # fmt: skip
 
     def page(
         self, request: Request, template: str, status: int = 200, **values: Any
@@ -391,10 +402,7 @@ async def quarantine_bulk(console: Console, request: Request) -> Response:
                 await asyncio.to_thread(console.quarantine.set_status, entry.id, "deleted")
                 outcome = "deleted"
             else:
-                q, store, backend, recorder = (console.quarantine, console.store, console.backend,
-                                               console.recorder)  # fmt: skip
-                reply = await release_message(q, store, backend, recorder, entry.id, user,
-                                              label_ham=what == "release-ham")  # fmt: skip
+                reply = await console.release(entry.id, user, label_ham=what == "release-ham")
                 outcome = "released" if reply.ok else f"still held: {reply}"
         except GatewayError as exc:
             outcome = f"failed: {exc}"
@@ -426,10 +434,7 @@ async def quarantine_action(console: Console, request: Request) -> Response:
     user = request.session["user"]
     try:
         if what in ("release", "release-ham"):
-            ham = what == "release-ham"
-            q, store, backend, recorder = (console.quarantine, console.store, console.backend,
-                                           console.recorder)  # fmt: skip
-            reply = await release_message(q, store, backend, recorder, qid, user, label_ham=ham)
+            reply = await console.release(qid, user, label_ham=what == "release-ham")
             await console.audit(request, what, qid, backend_reply=str(reply))
             if not reply.ok:
                 return console.page(
@@ -506,10 +511,7 @@ async def digest_link(console: Console, request: Request) -> Response:
         if not await asyncio.to_thread(console.store.use_link, token):
             return console.page(request, "error.html", 410, message="This link was already used.")
         if claim.action == "release":
-            reply = await release_message(
-                console.quarantine, console.store, console.backend, console.recorder,
-                entry.id, claim.recipient, recipients=[claim.recipient],
-            )  # fmt: skip
+            reply = await console.release(entry.id, claim.recipient, recipients=[claim.recipient])
             done = "Released: it is on its way to your mailbox." if reply.ok else (
                 f"Your mail store refused it: {reply}")  # fmt: skip
         else:
