@@ -53,6 +53,9 @@ class ScanContext:
     # Files the content check inspected (name, declared and true type, archive members),
     # for rules that test true types and archive members.
     inspected_files: list[dict[str, Any]] = field(default_factory=list)
+    # Senders every recipient has "always allowed" from their quarantine (gateway.allows);
+    # rules trust them only when proven (RuleInput.user_allowed).
+    allowed_senders: set[str] = field(default_factory=set)
 
     @cached_property
     def message(self) -> ParsedMessage:

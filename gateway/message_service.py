@@ -108,7 +108,8 @@ class MessageService:
             await gateway.record(event)
             return Outcome(Action.REJECT, answer, None, event)
 
-        # 2. Scan.
+        # 2. Scan, knowing which senders the recipients themselves allow.
+        ctx.allowed_senders.update(gateway.sender_allows.common(env.rcpts))
         result = await gateway.pipeline.scan(ctx)
         verdict = result.verdict
         action = verdict.action

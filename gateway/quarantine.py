@@ -92,17 +92,19 @@ class Quarantine:
             raise
 
     def list(
-        self, status: str | None = "held", limit: int = 100, search: str = ""
+        self, status: str | None = "held", limit: int = 100, search: str = "", recipient: str = ""
     ) -> list[QuarantineEntry]:
         """Entries, newest first; ``search``: words all found in sender, recipients, subject
-        or reason (case-insensitive)."""
+        or reason (case-insensitive); ``recipient``: only messages held for that address."""
         clauses, params = [], []
         if status is not None:
             clauses.append("status = ?")
             params.append(status)
+        if recipient:  # the index keeps recipients as a JSON list: find the quoted element
+            clauses.append("rcpts LIKE ? ESCAPE '\\'")
+            params.append(f"%{_like(json.dumps(recipient))}%")
         for word in search.split()[:8]:
-            escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            pattern = f"%{escaped}%"
+            pattern = f"%{_like(word)}%"
             clauses.append(
                 "(mail_from LIKE ? ESCAPE '\\' OR rcpts LIKE ? ESCAPE '\\'"
                 " OR subject LIKE ? ESCAPE '\\' OR reason LIKE ? ESCAPE '\\')"
@@ -113,7 +115,10 @@ class Quarantine:
             f"SELECT * FROM quarantine {where} ORDER BY time DESC LIMIT ?",  # noqa: S608 - fixed parts
             (*params, limit),
         )
-        return [_entry(row) for row in rows]
+        entries = [_entry(row) for row in rows]
+        if recipient:
+            entries = [e for e in entries if recipient.lower() in (r.lower() for r in e.rcpts)]
+        return entries
 
     def get(self, message_id: str) -> QuarantineEntry:
         """One entry by id."""
@@ -145,6 +150,11 @@ class Quarantine:
                 (status, time.time(), message_id),
             )
         self.path_of(message_id).unlink(missing_ok=True)
+
+
+def _like(text: str) -> str:
+    """``text`` as a literal inside a LIKE pattern (ESCAPE '\\')."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _entry(row: object) -> QuarantineEntry:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway import __version__
+from gateway.allows import SenderAllows
 from gateway.clients.clamd import ClamdClient, ClamdError
 from gateway.config import Settings, load_settings
 from gateway.context import ScanContext, new_connection_id
@@ -82,6 +83,7 @@ class Gateway:
         self.backend: Backend = make_backend(settings.backend, self.hostname)
         self.store = SqliteStore(settings.store.database, checkpoint_every=CHECKPOINT_EVERY)
         self.quarantine = Quarantine(settings.store.quarantine_dir, self.store)
+        self.sender_allows = SenderAllows(self.store)
         jsonl = JsonLinesSink(settings.store.jsonl) if settings.store.jsonl else None
         self.recorder = EventRecorder(self.store, jsonl)
         self.committer = GroupCommitter(self.recorder)

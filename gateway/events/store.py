@@ -29,6 +29,8 @@ from gateway.events.schema import (
 
 log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another process's (unless told not to)
+# Senders one recipient may "always allow" (each held in memory by every worker).
+MAX_ALLOWS = 500
 
 
 def _message_ids(value: str | None) -> tuple[str, str] | None:
@@ -145,6 +147,13 @@ CREATE TABLE IF NOT EXISTS labels (
     withdrawn REAL
 );
 CREATE INDEX IF NOT EXISTS labels_event ON labels (event_id, time);
+CREATE TABLE IF NOT EXISTS sender_allows (
+    rcpt TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    author TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (rcpt, sender)
+);
 """
 
 
@@ -457,6 +466,37 @@ class SqliteStore:
                 return False
             raise
         return True
+
+    def allow_sender(self, rcpt: str, sender: str, author: str) -> bool:
+        """A mailbox owner's "always allow" of one sender; False when at MAX_ALLOWS already."""
+        rcpt, sender = rcpt.lower(), sender.lower()
+        with self.transaction() as db:
+            (count,) = db.execute(
+                "SELECT count(*) FROM sender_allows WHERE rcpt = ?", (rcpt,)
+            ).fetchone()
+            if count >= MAX_ALLOWS:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO sender_allows (rcpt, sender, author, time)"
+                " VALUES (?, ?, ?, ?)",
+                (rcpt, sender, author, time.time()),
+            )
+        return True
+
+    def forget_sender(self, rcpt: str, sender: str) -> None:
+        """Take one sender off a recipient's allow list."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM sender_allows WHERE rcpt = ? AND sender = ?",
+                       (rcpt.lower(), sender.lower()))  # fmt: skip
+
+    def sender_allows(self, rcpt: str | None = None) -> dict[str, set[str]]:
+        """Allowed senders by recipient: every recipient's, or one's."""
+        sql = "SELECT rcpt, sender FROM sender_allows"
+        rows = self.query(sql + " WHERE rcpt = ?", (rcpt.lower(),)) if rcpt else self.query(sql)
+        allows: dict[str, set[str]] = {}
+        for row in rows:
+            allows.setdefault(row["rcpt"], set()).add(row["sender"])
+        return allows
 
     def user(self, name: str) -> dict[str, Any] | None:
         """One user's row, or None."""

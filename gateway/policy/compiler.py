@@ -208,6 +208,8 @@ class Compiler:
             return self._ip(value)
         if kind == "tls":
             return Node(kind, f"tls is {value}", lambda inp: bool(inp.ctx.envelope.tls) is value)
+        if kind == "user_allowed":
+            return Node(kind, f"user allowed is {value}", lambda inp: inp.user_allowed is value)
         if kind == "size":
             within, bounds = self.number(value)
             return Node(kind, f"size {bounds}", lambda inp: within(len(inp.ctx.envelope.raw)))

@@ -73,6 +73,14 @@ class RuleInput:
         ]
 
     @cached_property
+    def user_allowed(self) -> bool:
+        """Every recipient allowed this sender from their quarantine, and the sender is proven."""
+        allowed = self.ctx.allowed_senders
+        return bool(allowed) and any(
+            a in allowed for a in self.verified_sender + self.verified_from
+        )
+
+    @cached_property
     def sender_domain(self) -> list[str]:
         sender = self.ctx.envelope.mail_from
         return [sender.rpartition("@")[2].lower()] if "@" in sender else []

@@ -88,6 +88,7 @@ LEAVES: dict[str, str] = {
     "sender": "the envelope sender (MAIL FROM)",
     "verified_sender": "the envelope sender, only when SPF passed for its domain",
     "verified_from": "the From address, only with an aligned DKIM pass or a DMARC pass",
+    "user_allowed": "every recipient allowed the proven sender from their quarantine (true/false)",
     "sender_domain": "the envelope sender's domain",
     "recipient": "any envelope recipient",
     "recipient_domain": "any envelope recipient's domain",
@@ -121,6 +122,7 @@ class Condition(Strict):
     sender: MatchSpec | None = None
     verified_sender: MatchSpec | None = None
     verified_from: MatchSpec | None = None
+    user_allowed: bool | None = None
     sender_domain: MatchSpec | None = None
     recipient: MatchSpec | None = None
     recipient_domain: MatchSpec | None = None

@@ -1,4 +1,5 @@
-"""The console's routes: login, overview, events, one event, labels, quarantine, users.
+"""The console's routes: login, overview, events, one event, labels, quarantine, users
+(and, in gateway.web.mailbox, the mailbox owners' own quarantine).
 
 Server-rendered pages, no JavaScript (the Content-Security-Policy forbids scripts). Every
 page needs a session; every form carries a CSRF token checked on POST; roles are checked on
@@ -40,7 +41,7 @@ from gateway.events import (
 from gateway.quarantine import Quarantine
 from gateway.relay import Reply, make_backend
 from gateway.service import release_message
-from gateway.web import overview
+from gateway.web import mailbox, overview
 from gateway.web.message_view import describe
 from gateway.web.security import (
     LoginLimiter,
@@ -153,7 +154,8 @@ def needs(
             async def handler(request: Request) -> Response:
                 user = await console.session_user(request)
                 if user is None or user["disabled"]:
-                    request.session.clear()
+                    if "user" in request.session:  # a stale staff session; a mailbox one stays
+                        request.session.clear()
                     return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", 303)
                 request.session["role"] = user["role"]
                 if not allows(user["role"], role):
@@ -492,45 +494,6 @@ async def users(console: Console, request: Request) -> Response:
     return console.page(request, "users.html", users=listing, message=message, roles=ROLES)
 
 
-async def digest_link(console: Console, request: Request) -> Response:
-    """A mailbox owner's link from a digest: no account; the signed link is the credential.
-
-    GET shows what the link will do and asks (mail scanners fetch links: a GET changes
-    nothing); POST does it, once, for that recipient only, and records it.
-    """
-    token = request.path_params["token"]
-    try:
-        claim = console.links.claim(token)
-        entry = await asyncio.to_thread(console.quarantine.get, claim.message_id)
-    except UnknownIdError as exc:
-        return console.page(request, "error.html", 403, message=str(exc))
-    if claim.recipient not in {r.lower() for r in entry.rcpts} or entry.status != "held":
-        return console.page(request, "error.html", 410, message="This message is no longer held.")
-    done = ""
-    if request.method == "POST":
-        if not await asyncio.to_thread(console.store.use_link, token):
-            return console.page(request, "error.html", 410, message="This link was already used.")
-        if claim.action == "release":
-            reply = await console.release(entry.id, claim.recipient, recipients=[claim.recipient])
-            done = "Released: it is on its way to your mailbox." if reply.ok else (
-                f"Your mail store refused it: {reply}")  # fmt: skip
-        else:
-            if len(entry.rcpts) == 1:
-                await asyncio.to_thread(console.quarantine.set_status, entry.id, "deleted")
-            with contextlib.suppress(UnknownIdError):
-                await asyncio.to_thread(console.store.add_label, entry.id, "spam", "user",
-                                        claim.recipient)  # fmt: skip
-            done = "Deleted."
-        event = SecurityEvent(
-            id=f"{new_connection_id()}.1", kind=EventKind.AUDIT, action=f"user_{claim.action}",
-            details={"user": claim.recipient, "target": entry.id, "via": "digest link"},
-        )  # fmt: skip
-        with contextlib.suppress(GatewayError):
-            await asyncio.to_thread(console.recorder.record, event)
-    return console.page(request, "digest_link.html", entry=entry, claim=claim, done=done,
-                        token=token)  # fmt: skip
-
-
 async def healthz(console: Console, request: Request) -> Response:
     return PlainTextResponse("ok\n")
 
@@ -560,7 +523,12 @@ def create_app(settings: Settings) -> Starlette:
         Route("/quarantine/{qid}/{what}", quarantine_action(console), methods=["POST"]),
         Route("/users", users(console), methods=["GET", "POST"]),
         Route("/healthz", bound(healthz)),
-        Route("/q/{token}", bound(digest_link), methods=["GET", "POST"]),
+        # Mailbox owners (gateway.web.mailbox): no staff account, their own mail only.
+        Route("/q/{token}", bound(mailbox.digest_link), methods=["GET", "POST"]),
+        Route("/my", bound(mailbox.my_quarantine)),
+        Route("/my", bound(mailbox.my_signin_request), methods=["POST"]),
+        Route("/my/signin/{token}", bound(mailbox.my_signin), methods=["GET", "POST"]),
+        Route("/my/act", bound(mailbox.my_action), methods=["POST"]),
     ]
     web = settings.web
     middleware = [

@@ -44,10 +44,11 @@ def sink():
 def console(tmp_path_factory, sink):
     tmp = tmp_path_factory.mktemp("console")
     controller, _ = sink
+    port = free_port()
     config = write_config(tmp / "c.toml", {
         "store": {"path": str(tmp / "store")},
         "backend": {"kind": "smtp", "host": "127.0.0.1", "port": controller.port},
-        "web": {"secret_file": str(tmp / "secret")},
+        "web": {"secret_file": str(tmp / "secret"), "public_url": f"http://127.0.0.1:{port}"},
         "server": {"accept_domains": ["example.test"]},
     })  # fmt: skip
     settings = load_settings(config)
@@ -93,7 +94,6 @@ def console(tmp_path_factory, sink):
         hostile,
     )
     store.close()
-    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                            log_level="warning"))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
@@ -618,4 +618,144 @@ def test_a_mailbox_owner_releases_from_the_digest_link_without_an_account(consol
         Quarantine(settings.store.quarantine_dir, store).get(f"{0xB1:016x}.1").status == "deleted"
     )
     store.close()
+    context.close()
+
+
+def held_for(settings, rcpt, subjects, first, sender="a@sender.test"):
+    """Hold one message per subject for ``rcpt``; their event ids."""
+    store = store_of(settings)
+    quarantine = Quarantine(settings.store.quarantine_dir, store)
+    ids = []
+    for n, subject in enumerate(subjects):
+        event_id = f"{first + n:016x}.1"
+        raw = message(subject=subject, To=rcpt)
+        store.add(SecurityEvent(id=event_id, kind="message", subject=subject, action="quarantine",
+                                rcpts=(rcpt,)), Retained(raw, None, None))  # fmt: skip
+        quarantine.hold(event_id, sender, (rcpt,), subject, 11.0, "score", raw)
+        ids.append(event_id)
+    store.close()
+    return ids
+
+
+def arrivals(handler, before, count=1):
+    deadline = time.monotonic() + 10
+    while len(handler.messages) < before + count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return handler.messages[before:]
+
+
+def test_a_mailbox_owner_allows_a_sender_and_signs_in_to_their_own_quarantine(
+    console, browser, sink, tmp_path
+):
+    """The digest's "always allow" and sign-in links, the owner's page, and its limits."""
+    import email
+    import email.policy
+    import re as regex
+    import subprocess
+    import sys
+
+    base, settings = console
+    _, handler = sink
+    allowed_id, kept_id, page_id = held_for(
+        settings, "dave@example.test", ("Newsletter", "Invoice", "Party"), 0xA0
+    )
+    [other_id] = held_for(settings, "erin@example.test", ("Not yours",), 0xA8)
+    config = write_config(tmp_path / "digest.toml", {
+        "store": {"path": str(settings.store.path)},
+        "backend": {"kind": "smtp", "host": "127.0.0.1", "port": sink[0].port},
+        "server": {"accept_domains": ["example.test"], "hostname": "mx.test"},
+        "web": {"secret_file": str(settings.web.secret_file), "public_url": base},
+    })  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "quarantine", "digest", "--config", str(config),
+         "--since", "1h"], capture_output=True, text=True, timeout=120, check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [digest] = [m for m in handler.messages
+                if b"held for you" in m.data and m.rcpts == ["dave@example.test"]]  # fmt: skip
+    body = email.message_from_bytes(digest.data, policy=email.policy.default)
+    text = body.get_body(("plain",)).get_content()
+    allow = regex.search(r"always allow sender: (\S+)", text.split("Newsletter", 1)[1]).group(1)
+    signin = regex.search(r"All your held messages: (\S+)", text).group(1)
+
+    # "Always allow": the sender goes on dave's list, and the message is released to him.
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(allow)
+    assert "Always allow a@sender.test" in page.inner_text("#act")
+    before = len(handler.messages)
+    page.click("#act")
+    assert "a@sender.test is allowed" in page.inner_text("#done")
+    [arrived] = arrivals(handler, before)
+    assert b"Newsletter" in arrived.data
+    assert arrived.rcpts == ["dave@example.test"]
+    store = store_of(settings)
+    assert store.sender_allows("dave@example.test") == {"dave@example.test": {"a@sender.test"}}
+    assert store.current_label(allowed_id).label == "ham"
+
+    # The sign-in link opens dave's own quarantine: his two held messages, not erin's.
+    page.goto(signin)
+    page.click("#signin")
+    page.wait_for_url(f"{base}/my")
+    assert "Held for dave@example.test" in page.inner_text("h1")
+    held = page.inner_text("#held")
+    assert "Invoice" in held
+    assert "Party" in held
+    assert "Newsletter" not in held
+    assert "Not yours" not in held
+    assert "a@sender.test" in page.inner_text("#allowed")
+    # Release one from the page; it arrives, for dave only.
+    before = len(handler.messages)
+    page.click("#held tr:has-text('Party') button[value=release]")
+    assert "Released" in page.inner_text("#done")
+    [arrived] = arrivals(handler, before)
+    assert b"Party" in arrived.data
+    assert arrived.rcpts == ["dave@example.test"]
+    # Another recipient's message, by id with a valid form token: refused, still held.
+    csrf = page.get_attribute("input[name=csrf]", "value")
+    form = {"csrf": csrf, "id": other_id, "what": "release"}
+    refused = context.request.post(f"{base}/my/act", form=form)
+    assert refused.status == 404
+    # Without the form token nothing happens.
+    assert context.request.post(f"{base}/my/act",
+                                form={"id": kept_id, "what": "delete"}).status == 403  # fmt: skip
+    # A mailbox session is not a staff session: the console's pages send it to the login.
+    page.goto(f"{base}/events")
+    assert page.url.startswith(f"{base}/login")
+    page.goto(f"{base}/my")
+    # Forget the sender, then sign out: /my asks for an address again.
+    page.click("#allowed button[value=forget]")
+    assert "no longer allowed" in page.inner_text("#done")
+    assert store.sender_allows("dave@example.test") == {}
+    page.click("#signout")
+    assert page.locator("#address").count() == 1
+    # The sign-in link worked once.
+    assert context.request.post(signin).status == 410
+    quarantine = Quarantine(settings.store.quarantine_dir, store)
+    assert quarantine.get(other_id).status == "held"
+    assert quarantine.get(kept_id).status == "held"
+    assert quarantine.get(page_id).status == "released"
+    audit = {(e.action, e.details.get("user"), e.details.get("via"))
+             for e in store.list(EventFilter(kind="audit", limit=500))}  # fmt: skip
+    assert ("user_allow", "dave@example.test", "digest link") in audit
+    assert ("user_release", "dave@example.test", "mailbox page") in audit
+    store.close()
+
+    # Asking on /my mails a sign-in link to an address with held mail; the same answer for
+    # one without, and no mail to it.
+    before = len(handler.messages)
+    for address in ("erin@example.test", "nobody@example.test"):
+        page.goto(f"{base}/my")
+        page.fill("#address", address)
+        page.click("#send")
+        assert "a sign-in link is on its way" in page.inner_text("#sent")
+    [mailed] = arrivals(handler, before)
+    assert mailed.rcpts == ["erin@example.test"]
+    mailed_text = email.message_from_bytes(mailed.data, policy=email.policy.default)
+    body = mailed_text.get_body(("plain",)).get_content()
+    link = regex.search(r"(http://\S+/my/signin/\S+)", body).group(1)
+    page.goto(link)
+    page.click("#signin")
+    assert "Not yours" in page.inner_text("#held")
     context.close()
