@@ -403,6 +403,15 @@ class WebConfig(FrozenModel):
         return value
 
 
+class ReportConfig(FrozenModel):
+    """``[report]``: what ``mailmoat report daily`` reads beyond the store."""
+
+    # The Prometheus that scrapes this gateway with the shipped alert rules: the report lists
+    # the alerts that fired in the day from its ALERTS series. Empty: the report says unknown.
+    prometheus_url: str = ""
+    prometheus_timeout: PositiveFloat = 10.0
+
+
 class CheckConfig(FrozenModel):
     """Settings every check has; a check subclasses this to declare its own keys."""
 
@@ -426,6 +435,7 @@ class Settings(BaseSettings):
     milter: MilterConfig = MilterConfig()
     backend: BackendConfig = MaildirBackendConfig()
     store: StoreConfig = StoreConfig()
+    report: ReportConfig = ReportConfig()
     policy: PolicyConfig = PolicyConfig()
     antivirus: ClamdConfig = ClamdConfig()
     dns: DnsConfig = DnsConfig()

@@ -75,6 +75,12 @@ class Metrics:
         )  # fmt: skip
         self.reloads = Counter("mailmoat_reloads", "Reloads of config, rules and model, by result",
                                ["result"], registry=self.registry)  # fmt: skip
+        # Served at 0 from the start: increase() in an alert sees the first failure only if
+        # a sample before it exists (a series born at 1 has no increase).
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
+        for what in ("events", "quarantine"):
+            self.store_failures.labels(what)
 
     def observe(self, result: ScanResult) -> None:
         """Count one decided message."""
