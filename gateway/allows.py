@@ -9,15 +9,10 @@ sender is proven (SPF pass, or an aligned DKIM or DMARC pass for the From addres
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import Iterable
 
-from gateway.errors import StoreError
 from gateway.events import SqliteStore
-
-log = logging.getLogger(__name__)
+from gateway.snapshot import Snapshot
 
 REFRESH = 30.0  # seconds an allow may take to reach the gateway
 
@@ -26,36 +21,16 @@ class SenderAllows:
     """Recipient -> allowed senders, a snapshot of the store refreshed in the background."""
 
     def __init__(self, store: SqliteStore, refresh: float = REFRESH) -> None:
-        self.store = store
-        self.refresh = refresh
-        self.allows: dict[str, set[str]] = {}
-        self.loaded = 0.0
-        self.task: asyncio.Task[None] | None = None
-        self.load()
-
-    def load(self) -> None:
-        """Read every allow (blocking); on a store failure keep the last snapshot."""
-        try:
-            self.allows = self.store.sender_allows()
-        except StoreError as exc:
-            log.warning("allowed senders not reloaded (%s); keeping the last ones", exc)
-        self.loaded = time.monotonic()
-
-    async def _reload(self) -> None:
-        await asyncio.to_thread(self.load)
+        # A store that cannot be read at start: no allows yet, the first message tries again.
+        fallback: dict[str, set[str]] = {}
+        self.snapshot = Snapshot(store.sender_allows, refresh, "allowed senders", fallback)
 
     def common(self, rcpts: Iterable[str]) -> frozenset[str]:
-        """The senders every one of ``rcpts`` allows (none when a recipient allows none).
-
-        Called on the event loop: answers from memory and starts a reload when stale.
-        """
-        if time.monotonic() - self.loaded > self.refresh and (
-            self.task is None or self.task.done()
-        ):
-            self.task = asyncio.get_running_loop().create_task(self._reload())
+        """The senders every one of ``rcpts`` allows (none when a recipient allows none)."""
+        allows = self.snapshot.current()
         shared: set[str] | None = None
         for rcpt in rcpts:
-            allowed = self.allows.get(rcpt.lower())
+            allowed = allows.get(rcpt.lower())
             if not allowed:
                 return frozenset()
             shared = set(allowed) if shared is None else shared & allowed

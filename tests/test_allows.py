@@ -86,8 +86,8 @@ async def test_a_new_allow_reaches_the_gateway_without_a_restart(tmp_path):
     store.allow_sender("bob@example.test", "alice@sender.test", "bob@example.test")
     store.allow_sender("carol@example.test", "dan@sender.test", "carol@example.test")
     allows.common(["bob@example.test"])  # stale: starts a reload off the event loop
-    assert allows.task is not None
-    await allows.task
+    assert allows.snapshot.task is not None
+    await allows.snapshot.task
     assert allows.common(["BOB@example.test"]) == {"alice@sender.test"}
     assert allows.common(["bob@example.test", "carol@example.test"]) == frozenset()
     store.close()
@@ -109,5 +109,5 @@ def test_sender_allows_outlive_a_store_failure(tmp_path):
     store.allow_sender("bob@example.test", "alice@sender.test", "bob")
     allows = SenderAllows(store)
     store.close()
-    allows.load()  # the connection is closed: a StoreError, logged
-    assert allows.allows == {"bob@example.test": {"alice@sender.test"}}
+    allows.snapshot.reload()  # the connection is closed: a StoreError, logged
+    assert allows.snapshot.value == {"bob@example.test": {"alice@sender.test"}}
