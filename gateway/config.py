@@ -99,6 +99,9 @@ class ServerConfig(FrozenModel):
     # Take recipients of any domain although the backend is an MTA: only where something
     # else already refuses relaying (the backend checks recipients itself, as a store does).
     allow_open_relay: bool = False
+    # The valid recipients, one address (or @domain) per line: others get 550 5.1.1 at RCPT
+    # (gateway/smtp/recipients.py). With it, accept_domains may stay empty.
+    recipient_map: Path | None = None
     # Authenticated submission: "name:argon2-hash" lines (`mailmoat users hash`). Clients
     # that AUTH PLAIN over TLS as one of them may send to any domain; others only to
     # accept_domains. Unset: no AUTH offered (an inbound gateway).
@@ -523,15 +526,19 @@ def _check_cross_fields(settings: Settings, origin: str) -> None:
             ipaddress.ip_address(host)
         except ValueError as exc:
             raise ConfigError(f"{origin}: server.listen: {host!r} is not an IP address") from exc
-    open_relay = settings.backend.kind != "maildir" and not server.accept_domains
+    open_relay = (
+        settings.backend.kind != "maildir"
+        and not server.accept_domains
+        and server.recipient_map is None
+    )
     if server.listen and open_relay and not server.allow_open_relay:
         raise ConfigError(
             f"{origin}: server.accept_domains is empty and the backend is an "
             f"{settings.backend.kind.upper()} server: Mailmoat would pass on mail for any "
             "domain, and a backend that trusts it (Postfix trusts loopback) would relay it "
             "to the internet: an open relay. List the domains you receive mail for in "
-            "server.accept_domains, or set server.allow_open_relay = true if the backend "
-            "refuses relaying itself"
+            "server.accept_domains (or the addresses in server.recipient_map), or set "
+            "server.allow_open_relay = true if the backend refuses relaying itself"
         )
     if not server.listen and not settings.milter.listen:
         raise ConfigError(

@@ -31,6 +31,7 @@ from gateway.pipeline import Pipeline
 from gateway.quarantine import Quarantine
 from gateway.relay import Backend, Reply, deliver, make_backend
 from gateway.services import Services
+from gateway.smtp.recipients import RecipientMap
 from gateway.types import Action
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ def file_digest(path: Path) -> str:
         return "missing"
 
 
+def recipient_map(settings: Settings) -> RecipientMap | None:
+    """The configured recipient map, read now (a ConfigError names the bad line)."""
+    path = settings.server.recipient_map
+    return RecipientMap(path) if path is not None else None
+
+
 class Gateway:
     """Everything a message needs after SMTP: build once, reload the pipeline on SIGHUP."""
 
@@ -81,6 +88,7 @@ class Gateway:
         self.pipeline = pipeline or Pipeline.from_settings(settings, self.services)
         self.versions = self._versions(self.pipeline)
         self.backend: Backend = make_backend(settings.backend, self.hostname)
+        self.recipients = recipient_map(settings)
         self.store = SqliteStore(settings.store.database, checkpoint_every=CHECKPOINT_EVERY)
         self.quarantine = Quarantine(settings.store.quarantine_dir, self.store)
         self.sender_allows = SenderAllows(self.store)
@@ -156,6 +164,8 @@ class Gateway:
         try:
             settings = load_settings(self.config_path) if self.config_path else self.settings
             pipeline = Pipeline.from_settings(settings, self.services)
+            same_map = settings.server.recipient_map == self.settings.server.recipient_map
+            recipients = self.recipients if same_map else recipient_map(settings)
         except Exception as exc:
             # Whatever broke (a config error, an unreadable file, a bug in a loader), the
             # pipeline in service stays, and the refusal is an event, not a dead task.
@@ -168,7 +178,7 @@ class Gateway:
             )
             return False
         old, self.pipeline = self.pipeline, pipeline
-        self.settings = settings
+        self.settings, self.recipients = settings, recipients
         self.versions = self._versions(pipeline)
         self.metrics.versions(self.versions)
         # Sessions already scanning keep the old pipeline object until they finish.

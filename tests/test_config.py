@@ -133,6 +133,10 @@ def test_an_mta_backend_without_accept_domains_is_refused_as_an_open_relay(tmp_p
     assert "server.accept_domains" in str(refused.value)
     path.write_text(path.read_text() + '[server]\naccept_domains = ["example.org"]\n')
     assert load_settings(path).server.accept_domains == ["example.org"]
+    recipients = tmp_path / "recipients"
+    recipients.write_text("bob@example.org\n")
+    path.write_text(f'[backend]\nkind = "smtp"\n[server]\nrecipient_map = "{recipients}"\n')
+    assert load_settings(path).server.recipient_map == recipients
     path.write_text('[backend]\nkind = "smtp"\n[server]\nallow_open_relay = true\n')
     assert load_settings(path).server.allow_open_relay
     # The maildir backend delivers locally: nothing to relay.

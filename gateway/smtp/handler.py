@@ -200,8 +200,12 @@ class ProxyHandler:
             server.client.rcpt_overflow = True
             return await refuse(EventKind.RCPT_REFUSED, replies.S452_TOO_MANY_RCPTS)
         # An authenticated submitter may send anywhere; anyone else only to our domains.
-        if not session.authenticated and not accepted_domain(address, self.limits.accept_domains):
-            return await refuse(EventKind.RCPT_REFUSED, replies.S550_RELAY_DENIED)
+        if not session.authenticated:
+            if not accepted_domain(address, self.limits.accept_domains):
+                return await refuse(EventKind.RCPT_REFUSED, replies.S550_RELAY_DENIED)
+            known = self.gateway.recipients
+            if known is not None and not known.knows(address):
+                return await refuse(EventKind.RCPT_REFUSED, replies.S550_UNKNOWN_USER)
         info = self.session_info(server, session, envelope.mail_from, address)
         refusal = await self.service.early(Phase.RCPT, info, server.next_event_id)
         if refusal is not None:

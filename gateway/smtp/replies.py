@@ -23,6 +23,7 @@ S451_STORE_FAILED = "451 4.3.0 Could not store the message, try again later [{id
 S451_TEMPFAIL = "451 4.7.1 Message could not be checked now, try again later [{id}]"
 S452_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 S454_AUTH_LIMITED = "454 4.7.0 Too many failed authentications, try again later"
+S550_UNKNOWN_USER = "550 5.1.1 Recipient address rejected: no such user here"
 S550_RELAY_DENIED = "550 5.7.1 Relaying denied: this gateway does not accept mail for that domain"
 S554_REJECTED = "554 5.7.1 Message rejected by policy [{id}]"
 S550_BARE_NEWLINE = "550 5.5.2 Bare CR or LF in message data (RFC 5321 2.3.8) [{id}]"

@@ -379,6 +379,65 @@ async def test_not_an_open_relay(sink, config_factory):
         assert len(gw.events(kind="rcpt_refused")) == 3
 
 
+async def test_a_recipient_map_refuses_unknown_users_before_data(sink, config_factory, tmp_path):
+    """Only the listed addresses (and @domains) are taken; the map is read again when it
+    changes, and a map that no longer reads keeps the last good one."""
+    import os
+    import time
+
+    recipients = tmp_path / "recipients"
+    recipients.write_text("# mailboxes\nBob@Example.test\n@lists.test  # every list\n")
+    config = config_factory(
+        sink.port, server={"accept_domains": [], "recipient_map": str(recipients)}
+    )
+
+    async def rcpt_codes(port, addresses):
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10) as client:
+            await client.mail("a@sender.test")
+            codes = []
+            for address in addresses:
+                try:
+                    codes.append(str((await client.rcpt(address)).code))
+                except aiosmtplib.SMTPRecipientRefused as refused:
+                    codes.append(f"{refused.code} {refused.message.split()[0]}")
+            return codes
+
+    async with running_gateway(config) as gw:
+        wanted = ["bob@example.test", "any@lists.test", "carol@example.test", "x@elsewhere.test"]
+        assert await rcpt_codes(gw.port, wanted) == ["250", "250", "550 5.1.1", "550 5.1.1"]
+        # carol gets a mailbox: the file changes, the next look (made due at once) reads it.
+        recipients.write_text("bob@example.test\ncarol@example.test\n")
+        os.utime(recipients, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))
+        gw.gateway.recipients.snapshot.loaded = float("-inf")
+        await rcpt_codes(gw.port, ["carol@example.test"])  # starts the reload
+        await gw.gateway.recipients.snapshot.task
+        assert await rcpt_codes(gw.port, ["carol@example.test", "x@lists.test"]) == [
+            "250",
+            "550 5.1.1",
+        ]
+        # A broken map keeps the last good one (and logs why).
+        recipients.write_text("not an address\n")
+        os.utime(recipients, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
+        gw.gateway.recipients.snapshot.loaded = float("-inf")
+        await rcpt_codes(gw.port, ["carol@example.test"])
+        await gw.gateway.recipients.snapshot.task
+        assert await rcpt_codes(gw.port, ["carol@example.test"]) == ["250"]
+        # Each refusal is an event: two, carol before the reload, x@lists.test after it.
+        assert len(gw.events(kind="rcpt_refused")) == 4
+
+
+def test_a_broken_recipient_map_is_a_config_error_naming_the_line(tmp_path):
+    from gateway.errors import ConfigError
+    from gateway.smtp.recipients import read_map
+
+    bad = tmp_path / "recipients"
+    bad.write_text("bob@example.test\nbob example.test\n")
+    with pytest.raises(ConfigError, match=r"recipients:2: 'bob example.test' is neither"):
+        read_map(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_map(tmp_path / "missing")
+
+
 async def test_backend_dropping_the_connection_in_the_middle_of_data(config_factory):
     import asyncio
 
