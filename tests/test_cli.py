@@ -62,6 +62,18 @@ def test_scan_reports_unreadable_files(tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
 
 
+def test_config_check_reads_the_recipient_map(tmp_path, capsys):
+    recipients = tmp_path / "recipients"
+    recipients.write_text("bob@example.org\n@lists.example.org\n")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[backend]\nkind = "smtp"\n[server]\nrecipient_map = "{recipients}"\n')
+    assert main(["config", "check", "--config", str(config)]) == 0
+    assert "accepts  1 addresses, 1 whole domains" in capsys.readouterr().out
+    recipients.write_text("bob@example.org\nlists.example.org\n")
+    assert main(["config", "check", "--config", str(config)]) == 2
+    assert "recipients:2: 'lists.example.org' is neither" in capsys.readouterr().err
+
+
 def test_config_check_ok_and_error(tmp_path, capsys):
     assert (
         main(["config", "check", "--config", str(ROOT / "config" / "mailmoat.example.toml")]) == 0

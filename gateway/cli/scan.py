@@ -79,9 +79,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from gateway.smtp.recipients import read_map
+
     settings = settings_of(args)
     pipeline = Pipeline.from_settings(settings)
     problems = pipeline.problems
+    mapped = settings.server.recipient_map
+    recipients = read_map(mapped) if mapped is not None else None  # a ConfigError names the line
     origin = args.config or "embedded defaults"
     print(f"{origin}: {'OK' if not problems else f'{len(problems)} error(s)'}")
     print(f"  listen   {settings.server.listen or '(no SMTP front)'}")
@@ -89,6 +93,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"  console  http://{settings.web.listen}")
     backend = settings.backend
     print(f"  backend  {backend.describe()}")
+    if recipients is not None:
+        print(f"  accepts  {len(recipients.addresses)} addresses, {len(recipients.domains)} "
+              f"whole domains ({mapped})")  # fmt: skip
     print(f"  store    {settings.store.database}")
     print(f"  checks   {', '.join(c.name for c in pipeline.checks) or '(none)'}")
     if pipeline.rules is not None:
