@@ -54,10 +54,14 @@ def unmount(path: Path) -> None:
 def fill(directory: Path) -> Path:
     """Write zeros until the file system refuses (ENOSPC); return the filler file."""
     filler = directory / "filler"
-    with filler.open("wb") as handle, pytest.raises(OSError, match="No space") as refused:  # noqa: PT012
-        while True:
-            handle.write(b"\0" * 65536)
-            handle.flush()
+    # Unbuffered: a buffered file would raise ENOSPC again when closed, with what it kept.
+    handle = filler.open("wb", buffering=0)
+    try:
+        with pytest.raises(OSError, match="No space") as refused:  # noqa: PT012
+            while True:
+                handle.write(b"\0" * 65536)
+    finally:
+        handle.close()
     assert refused.value.errno == errno.ENOSPC
     # Whatever the page cache still held: the disk is full either way.
     with contextlib.suppress(OSError):
