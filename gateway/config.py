@@ -406,6 +406,72 @@ class WebConfig(FrozenModel):
         return value
 
 
+class RedisConfig(FrozenModel):
+    """``[redis]``: state the nodes of a site share (gateway/shared_state.py)."""
+
+    # "redis://host:6379/0" (or rediss:// for TLS, unix:///path); empty: each worker counts
+    # for itself, right for one node.
+    url: str = ""
+    # Seconds per command; a slower or failed Redis is left alone for ``retry`` seconds while
+    # each node counts for itself (fail open: mail is never refused for it).
+    timeout: PositiveFloat = 0.25
+    retry: PositiveFloat = 10.0
+    prefix: str = "mailmoat:"
+
+
+class Bucket(FrozenModel):
+    """A token bucket: ``per_minute`` on average, up to ``burst`` at once."""
+
+    per_minute: PositiveFloat
+    burst: PositiveInt
+
+
+class RateLimitConfig(FrozenModel):
+    """``[ratelimit]``: messages per client address, envelope sender, authenticated user (at
+    MAIL) and recipients (at RCPT); over it, ``451 4.7.28``. Unset: no limit of that kind."""
+
+    client_ip: Bucket | None = None
+    sender: Bucket | None = None
+    user: Bucket | None = None
+    recipient: Bucket | None = None
+    # Clients never limited by address (their senders and recipients still are).
+    exempt_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+
+    @field_validator("exempt_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
+
+
+class GreylistConfig(FrozenModel):
+    """``[greylist]``: a first message from a (client network, sender, recipient) triplet is
+    deferred; a retry after ``delay`` passes, and the triplet passes for ``pass_days``."""
+
+    enabled: bool = False
+    delay: Annotated[float, Field(ge=0)] = 300.0
+    retry_hours: PositiveFloat = 24.0
+    pass_days: PositiveFloat = 35.0
+    ipv4_prefix: Annotated[int, Field(ge=8, le=32)] = 24
+    ipv6_prefix: Annotated[int, Field(ge=16, le=128)] = 64
+    # Never greylisted: these networks, authenticated clients, and senders proven by an
+    # aligned DKIM signature or a DMARC pass (their mail is who it says).
+    exempt_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+
+    @field_validator("exempt_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
+
+
+def _check_networks(value: list[str]) -> list[str]:
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not a network (write 192.0.2.0/24)") from exc
+    return value
+
+
 class ReportConfig(FrozenModel):
     """``[report]``: what ``mailmoat report daily`` reads beyond the store."""
 
@@ -439,6 +505,9 @@ class Settings(BaseSettings):
     backend: BackendConfig = MaildirBackendConfig()
     store: StoreConfig = StoreConfig()
     report: ReportConfig = ReportConfig()
+    redis: RedisConfig = RedisConfig()
+    ratelimit: RateLimitConfig = RateLimitConfig()
+    greylist: GreylistConfig = GreylistConfig()
     policy: PolicyConfig = PolicyConfig()
     antivirus: ClamdConfig = ClamdConfig()
     dns: DnsConfig = DnsConfig()

@@ -30,6 +30,7 @@ class Envelope:
     helo: str = ""
     tls: str = ""
     mail_options: tuple[str, ...] = ()
+    user: str = ""  # the authenticated (SMTP AUTH) user, if any
     received_at: float = field(default_factory=time.time)
 
     @property

@@ -45,6 +45,10 @@ EARLY_KINDS = {
     Phase.RCPT: EventKind.RCPT_REFUSED,
 }
 
+# How a 4.7.28 names the limit a client went over.
+RATE_LIMITS = {"client_ip": "from your address", "sender": "from this sender",
+               "user": "from your account", "recipient": "for this recipient"}  # fmt: skip
+
 Headers = Sequence[tuple[str, str]]
 
 
@@ -113,6 +117,17 @@ class MessageService:
         result = await gateway.pipeline.scan(ctx)
         verdict = result.verdict
         action = verdict.action
+
+        # 2b. Greylisting: a first message from an unknown triplet is deferred (greylist.py).
+        wait = await gateway.greylist.wait(ctx, verdict)
+        if wait:
+            answer = replies.S451_GREYLISTED.format(wait=wait, id=env.id)
+            await delivery.abandon()
+            gateway.metrics.greylisted.inc()
+            event = self._event(ctx, result, Action.TEMPFAIL.value, answer, "",
+                                f"greylisted (first try; {wait} s to wait)", details)  # fmt: skip
+            await gateway.record(event)
+            return Outcome(Action.TEMPFAIL, answer, verdict, event)
         headers: tuple[tuple[str, str], ...] = (trace,) if trace else ()
         if gateway.settings.policy.add_headers:
             headers = (*headers, *ctx.added_headers, *verdict_headers(verdict, env.id))
@@ -164,6 +179,21 @@ class MessageService:
         A refusal is recorded (``<step>_refused``, with the symbols that made it) before
         the reply is returned; ``event_id`` is called only then.
         """
+        limits = self.gateway.ratelimits
+        limited = await limits.check(phase, session) if limits.enabled else None
+        if limited is not None:
+            eid = event_id()
+            self.gateway.metrics.ratelimited.labels(limited.kind).inc()
+            reply = replies.S451_RATE_LIMITED.format(what=RATE_LIMITS[limited.kind], id=eid)
+            kind = EventKind.MAIL_DEFERRED if phase is Phase.MAIL else EventKind.RCPT_DEFERRED
+            await self.gateway.record(SecurityEvent(
+                id=eid, kind=kind, client_ip=session.client_ip, helo=session.helo,
+                tls=session.tls, mail_from=session.mail_from,
+                rcpts=(session.rcpt,) if session.rcpt else (), action="tempfail",
+                reason=f"rate limit: {limited.kind} {limited.key}", smtp_reply=reply,
+                details={**(front or {}), "limit": limited.kind},
+            ))  # fmt: skip
+            return reply
         verdict = await self.gateway.pipeline.early(phase, session)
         if verdict is None:
             return None

@@ -73,6 +73,14 @@ class Metrics:
             "mailmoat_events_pending", "Events waiting to be committed",
             registry=self.registry, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.ratelimited = Counter("mailmoat_ratelimited", "Steps deferred by a rate limit "
+                                   "(4.7.28)", ["limit"], registry=self.registry)  # fmt: skip
+        self.greylisted = Counter("mailmoat_greylisted", "Messages deferred by greylisting",
+                                  registry=self.registry)  # fmt: skip
+        self.shared_fallbacks = Counter(
+            "mailmoat_shared_state_fallbacks", "Rate-limit and greylisting operations counted on "
+            "this node because Redis failed", ["op"], registry=self.registry,
+        )  # fmt: skip
         self.reloads = Counter("mailmoat_reloads", "Reloads of config, rules and model, by result",
                                ["result"], registry=self.registry)  # fmt: skip
         # Served at 0 from the start: increase() in an alert sees the first failure only if
@@ -81,6 +89,10 @@ class Metrics:
             self.reloads.labels(result)
         for what in ("events", "quarantine"):
             self.store_failures.labels(what)
+
+    def shared_fallbacks_of(self, op: str) -> None:
+        """One operation counted on this node instead of in Redis."""
+        self.shared_fallbacks.labels(op).inc()
 
     def observe(self, result: ScanResult) -> None:
         """Count one decided message."""

@@ -26,11 +26,14 @@ from gateway.events import (
     SqliteStore,
     event_log,
 )
+from gateway.greylist import Greylist
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.quarantine import Quarantine
+from gateway.ratelimit import RateLimits
 from gateway.relay import Backend, Reply, deliver, make_backend
 from gateway.services import Services
+from gateway.shared_state import SharedState
 from gateway.smtp.recipients import RecipientMap
 from gateway.types import Action
 
@@ -89,13 +92,17 @@ class Gateway:
         self.versions = self._versions(self.pipeline)
         self.backend: Backend = make_backend(settings.backend, self.hostname)
         self.recipients = recipient_map(settings)
+        self.metrics = Metrics()
+        # Rate limits and greylisting count in Redis when configured (shared_state.py).
+        self.shared = SharedState(settings.redis, self.metrics.shared_fallbacks_of)
+        self.ratelimits = RateLimits(settings.ratelimit, self.shared)
+        self.greylist = Greylist(settings.greylist, self.shared)
         self.store = SqliteStore(settings.store.database, checkpoint_every=CHECKPOINT_EVERY)
         self.quarantine = Quarantine(settings.store.quarantine_dir, self.store)
         self.sender_allows = SenderAllows(self.store)
         jsonl = JsonLinesSink(settings.store.jsonl) if settings.store.jsonl else None
         self.recorder = EventRecorder(self.store, jsonl)
         self.committer = GroupCommitter(self.recorder)
-        self.metrics = Metrics()
         self.metrics.versions(self.versions)
         self.store_errors: dict[str, str] = {}  # what -> last failure, until a write succeeds
 
@@ -179,6 +186,9 @@ class Gateway:
             return False
         old, self.pipeline = self.pipeline, pipeline
         self.settings, self.recipients = settings, recipients
+        # New limits take effect now; a new [redis] takes a restart (counts stay where they are).
+        self.ratelimits = RateLimits(settings.ratelimit, self.shared)
+        self.greylist = Greylist(settings.greylist, self.shared)
         self.versions = self._versions(pipeline)
         self.metrics.versions(self.versions)
         # Sessions already scanning keep the old pipeline object until they finish.
@@ -208,6 +218,9 @@ class Gateway:
         backend_problem = await self.backend.health()
         if backend_problem is not None:
             problems["backend"] = backend_problem
+        # Redis down is not a reason to take the node out: it counts for itself (fail open).
+        if self.shared.redis is not None:
+            self.metrics.up.labels("redis").set(0 if await self.shared.problem() else 1)
         if self.store_errors:
             problems["store"] = "; ".join(f"{k}: {v}" for k, v in sorted(self.store_errors.items()))
         if self.settings.rules.enabled and self.pipeline.rules is None:
@@ -224,8 +237,9 @@ class Gateway:
         )
 
     async def aclose(self) -> None:
-        """Close checks and the store."""
+        """Close checks, Redis and the store."""
         await self.pipeline.aclose()
+        await self.shared.aclose()
         self.store.close()
 
 

@@ -68,6 +68,7 @@ class SessionInfo:
     client_port: int = 0
     protocol: str = "ESMTP"  # SMTP after HELO, ESMTP after EHLO, ESMTPS with TLS (RFC 3848)
     session_id: str = ""  # our connection id: XFORWARD's IDENT, found in our events
+    user: str = ""  # the authenticated (SMTP AUTH) user, if any
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +206,17 @@ async def dns(keys):
     server = await DnsServer(authdata.make_zone(keys)).start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """Debian's redis-server on a free loopback port (tests/redisserver.py)."""
+    from tests import redisserver
+
+    if not redisserver.available():
+        pytest.skip("needs redis-server (Debian's redis-server package)")
+    instance = redisserver.RedisInstance(free_port()).start()
+    try:
+        yield instance
+    finally:
+        instance.cleanup()

@@ -209,6 +209,7 @@ class MilterSession:
             mail_from=self.message.mail_from if self.message else "",
             rcpt=rcpt,
             tls=self.macros.get("tls_version", ""),
+            user=self.macros.get("auth_authen", ""),
         )
         front = {
             "front": "milter",
@@ -282,6 +283,7 @@ class MilterSession:
             helo=self.helo,
             tls=self.macros.get("tls_version", ""),
             mail_options=message.mail_options,
+            user=self.macros.get("auth_authen", ""),
         )
         mta = {k: self.macros[k] for k in RECORDED if self.macros.get(k)}
         front: dict[str, Any] = {"front": "milter", "mta": mta}

@@ -48,6 +48,13 @@ def accepted_domain(address: str, domains: list[str]) -> bool:
     )
 
 
+def authenticated_user(session: Any) -> str:
+    """The user a session authenticated as (SMTP AUTH), or ''."""
+    if session.authenticated and isinstance(session.login_data, bytes):
+        return str(session.login_data.decode("utf-8", "replace"))
+    return ""
+
+
 def check_submission_user(users: Path | None, login: str, password: str) -> bool:
     """The password against the user's argon2 hash in the submission users file (blocking)."""
     stored = None
@@ -146,6 +153,7 @@ class ProxyHandler:
             client_port=server.client.client_port,
             protocol=protocol + ("S" if tls else ""),
             session_id=server.client.conn_id,
+            user=authenticated_user(session),
         )
 
     async def _mail(
@@ -280,6 +288,7 @@ class ProxyHandler:
             helo=session.host_name or "",
             tls=server.tls_description(),
             mail_options=tuple(envelope.mail_options),
+            user=authenticated_user(session),
         )
         protocol = self.session_info(server, session).protocol
         trace = received(
@@ -287,9 +296,7 @@ class ProxyHandler:
         )
         try:
             backend = server.client.backend_session(self.gateway.backend)
-            front = {"auth_user": session.login_data.decode("utf-8", "replace")} if (
-                session.authenticated and isinstance(session.login_data, bytes)
-            ) else None  # fmt: skip
+            front = {"auth_user": env.user} if env.user else None
             outcome = await self.service.process(
                 ScanContext(env), BackendDelivery(backend, self.service), front, trace
             )
