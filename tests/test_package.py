@@ -83,11 +83,12 @@ def test_the_systemd_units_verify(tmp_path):
         pytest.skip("needs systemd-analyze (Debian's systemd)")
     mailmoat = Path(sys.executable).with_name("mailmoat")  # the units name /usr/local/bin
     units = []
-    for unit in sorted((PROJECT_ROOT / "config" / "systemd").glob("*.service")):
+    for unit in sorted((PROJECT_ROOT / "config" / "systemd").glob("mailmoat*")):
         text = unit.read_text().replace("/usr/local/bin/mailmoat", str(mailmoat))
         (tmp_path / unit.name).write_text(text)
         units.append(tmp_path / unit.name)
-    assert [u.name for u in units] == ["mailmoat-web.service", "mailmoat.service"]
+    names = [u.name for u in units]
+    assert names == ["mailmoat-web.service", "mailmoat.service", "mailmoat.socket"]
     verified = run(analyze, "verify", *units, cwd=tmp_path)
     assert verified.returncode == 0, verified.stderr
     exposure = run(analyze, "security", "--offline=true", units[1], cwd=tmp_path)

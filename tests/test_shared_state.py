@@ -187,7 +187,7 @@ async def test_nothing_is_greylisted_or_limited_by_default(sink, config_factory)
     config = config_factory(sink.port)
     async with running_gateway(config) as gw:
         for _ in range(5):
-            answers = await mail_codes(gw.port, "news@unlisted.test", ["bob@example.test"], message())
+            answers = await mail_codes(gw.port, "a@sender.test", ["bob@example.test"], message())
             assert answers[-1][0] == 250
         assert gw.gateway.shared.redis is None
 

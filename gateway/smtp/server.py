@@ -22,6 +22,7 @@ from gateway.smtp.session import ClientSession
 from gateway.types import Phase, SessionInfo
 
 log = logging.getLogger(__name__)
+ACCEPTED_SETTLE = 0.1  # seconds for already-accepted connections to reach their protocol
 # Connections the kernel queues before a worker accepts them (asyncio's default is 100): a
 # burst of reconnecting senders overflowed it, and dropped SYNs cost clients seconds.
 
@@ -269,6 +270,10 @@ class SmtpServer:
         self.state.draining = True
         if self.server is not None:
             self.server.close()
+            # Connections the loop accepted just before reach their protocol a few loop
+            # turns later; without this wait they were dropped ungreeted when the process
+            # ended (a refused connection during a restart).
+            await asyncio.sleep(ACCEPTED_SETTLE)
         for protocol in list(self.state.protocols):
             if not protocol.in_transaction:
                 protocol.goodbye(replies.S421_SHUTTING_DOWN)
