@@ -18,7 +18,8 @@ from pathlib import Path
 
 from bench.common import percentile, table
 from gateway.config import Settings, StoreConfig
-from gateway.events import EventFilter, SqliteStore
+from gateway.events import EventFilter
+from gateway.store import SqliteStore
 from gateway.web import overview
 
 ACTIONS = ["accept"] * 80 + ["tag"] * 10 + ["quarantine"] * 5 + ["reject"] * 5

@@ -20,10 +20,11 @@ from pathlib import Path
 from bench.common import load_corpus, percentile, table
 from gateway.config import PROJECT_ROOT, Settings
 from gateway.context import Envelope, ScanContext
-from gateway.events import Retained, SecurityEvent, SqliteStore
+from gateway.events import Retained, SecurityEvent
 from gateway.pipeline import Pipeline, known_symbols
 from gateway.policy.replay import replay
 from gateway.policy.rules import load_rules
+from gateway.store import SqliteStore
 from gateway.types import Finding
 
 WORDS = [

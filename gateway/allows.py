@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.events import SqliteStore
 from gateway.snapshot import Snapshot
+from gateway.store import Store
 
 REFRESH = 30.0  # seconds an allow may take to reach the gateway
 
@@ -20,7 +20,7 @@ REFRESH = 30.0  # seconds an allow may take to reach the gateway
 class SenderAllows:
     """Recipient -> allowed senders, a snapshot of the store refreshed in the background."""
 
-    def __init__(self, store: SqliteStore, refresh: float = REFRESH) -> None:
+    def __init__(self, store: Store, refresh: float = REFRESH) -> None:
         # A store that cannot be read at start: no allows yet, the first message tries again.
         fallback: dict[str, set[str]] = {}
         self.snapshot = Snapshot(store.sender_allows, refresh, "allowed senders", fallback)

@@ -244,6 +244,12 @@ class StoreConfig(FrozenModel):
     """Security events and quarantine."""
 
     path: Path = Path("var/store")
+    # PostgreSQL for several nodes ("postgresql://user@host/db"; a password in the URL or,
+    # better, in ~/.pgpass or PGPASSWORD). Empty: the SQLite file under path. Quarantined
+    # bytes stay under path/quarantine either way: make it a directory the nodes share.
+    url: str = ""
+    pool_size: Annotated[int, Field(ge=1, le=100)] = 8
+    timeout: PositiveFloat = 5.0
     jsonl: Path | None = None
     # Raw messages kept for retraining and replay (compressed): this fraction of all mail,
     # plus every quarantined one; kept retain_days, forever once labelled. Feature snapshots

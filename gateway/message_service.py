@@ -112,6 +112,16 @@ class MessageService:
             await gateway.record(event)
             return Outcome(Action.REJECT, answer, None, event)
 
+        # 1b. A store that failed: defer until it answers again, rather than deliver mail
+        # whose decision cannot be recorded (the failure is in the log, each time).
+        if not await gateway.store_answers():
+            answer = replies.S451_STORE_FAILED.format(id=env.id)
+            await delivery.abandon()
+            event = self._event(ctx, None, Action.TEMPFAIL.value, answer, "",
+                                "the event store is unavailable", details)  # fmt: skip
+            await gateway.record(event)
+            return Outcome(Action.TEMPFAIL, answer, None, event)
+
         # 2. Scan, knowing which senders the recipients themselves allow.
         ctx.allowed_senders.update(gateway.sender_allows.common(env.rcpts))
         result = await gateway.pipeline.scan(ctx)

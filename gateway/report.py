@@ -27,7 +27,8 @@ from typing import Any
 
 from gateway.clients.clamd import ClamdClient, ClamdError
 from gateway.config import Settings
-from gateway.events import EventFilter, EventKind, SqliteStore
+from gateway.events import EventFilter, EventKind
+from gateway.store import Store, open_store
 from gateway.web.overview import summary
 
 DAY = 86400.0
@@ -54,16 +55,11 @@ class Report:
         return mail.as_bytes(policy=email.policy.SMTP)
 
 
-def model_drift(store: SqliteStore, now: float) -> dict[str, float]:
+def model_drift(store: Store, now: float) -> dict[str, float]:
     """The share of mail the model calls spam, and its mean ML score, day against week."""
     figures: dict[str, float] = {}
     for name, since in (("day", now - DAY), ("week", now - 7 * DAY)):
-        rows = store.query(
-            "SELECT symbol, COUNT(*) AS n, AVG(score) AS s FROM event_symbols WHERE time >= ?"
-            " AND symbol IN ('ML_SPAM', 'ML_HAM') GROUP BY symbol",
-            (since,),
-        )
-        counts = {r["symbol"]: (int(r["n"]), float(r["s"] or 0.0)) for r in rows}
+        counts = store.model_verdicts(since)
         spam, ham = counts.get("ML_SPAM", (0, 0.0)), counts.get("ML_HAM", (0, 0.0))
         total = spam[0] + ham[0]
         figures[f"spam_share_{name}"] = spam[0] / total if total else 0.0
@@ -148,7 +144,7 @@ def store_bytes(settings: Settings) -> int:
 def daily(settings: Settings, now: float | None = None) -> Report:
     """The report of the day before ``now``."""
     now = now or time.time()
-    store = SqliteStore(settings.store.database)
+    store = open_store(settings.store)
     try:
         data = summary(store, settings, now, days=1.0)
         drift = model_drift(store, now)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,6 @@ from gateway.events import (
     JsonLinesSink,
     Retained,
     SecurityEvent,
-    SqliteStore,
     event_log,
 )
 from gateway.greylist import Greylist
@@ -35,12 +35,15 @@ from gateway.relay import Backend, Reply, deliver, make_backend
 from gateway.services import Services
 from gateway.shared_state import SharedState
 from gateway.smtp.recipients import RecipientMap
+from gateway.store import Store, open_store
 from gateway.types import Action
 
 log = logging.getLogger(__name__)
 
 # Seconds between WAL checkpoints of the event store, off the commit path (events.Checkpointer).
 CHECKPOINT_EVERY = 1.0
+# Seconds between probes of an event store that failed (mail is deferred meanwhile).
+STORE_PROBE_EVERY = 1.0
 
 
 def signatures_time(version: str) -> float | None:
@@ -97,7 +100,7 @@ class Gateway:
         self.shared = SharedState(settings.redis, self.metrics.shared_fallbacks_of)
         self.ratelimits = RateLimits(settings.ratelimit, self.shared)
         self.greylist = Greylist(settings.greylist, self.shared)
-        self.store = SqliteStore(settings.store.database, checkpoint_every=CHECKPOINT_EVERY)
+        self.store = open_store(settings.store, checkpoint_every=CHECKPOINT_EVERY)
         self.quarantine = Quarantine(settings.store.quarantine_dir, self.store)
         self.sender_allows = SenderAllows(self.store)
         jsonl = JsonLinesSink(settings.store.jsonl) if settings.store.jsonl else None
@@ -105,6 +108,7 @@ class Gateway:
         self.committer = GroupCommitter(self.recorder)
         self.metrics.versions(self.versions)
         self.store_errors: dict[str, str] = {}  # what -> last failure, until a write succeeds
+        self.store_probed = 0.0
 
     def _versions(self, pipeline: Pipeline) -> dict[str, str]:
         """What decided: code, scores, rule set and model versions (recorded in each event)."""
@@ -153,6 +157,25 @@ class Gateway:
                     event.to_json(),
                 )
             return False
+        self.store_ok("events")
+        return True
+
+    async def store_answers(self) -> bool:
+        """False while the event store is known to fail: probed at most once a second, so a
+        store that comes back is used again by itself."""
+        if "events" not in self.store_errors:
+            return True
+        now = time.monotonic()
+        if now - self.store_probed < STORE_PROBE_EVERY:
+            return False
+        self.store_probed = now
+        try:
+            await asyncio.to_thread(self.store.query, "SELECT 1 AS one")
+        except StoreError as exc:
+            self.store_failed("events", exc)
+            log.error("the event store still fails (%s): mail is deferred", exc)
+            return False
+        log.warning("the event store answers again: mail flows")
         self.store_ok("events")
         return True
 
@@ -245,7 +268,7 @@ class Gateway:
 
 async def release_message(
     quarantine: Quarantine,
-    store: SqliteStore,
+    store: Store,
     backend: Backend,
     recorder: EventRecorder,
     message_id: str,
@@ -301,11 +324,12 @@ async def release_message(
 class GroupCommitter:
     """Writes events in groups: everything submitted while a write runs goes in the next one.
 
-    A group is committed on the event loop: with WAL and synchronous=NORMAL a commit does
-    not fsync (checkpoints do, in their own thread), and a few events cost less to write
-    than the hand-off to a thread and back (measured: 8% more messages a second at c10x10).
-    Only when the store is in use (the other worker is committing, or a quarantine write
-    in a thread here) does the group go to a thread to wait for it.
+    With SQLite a group is committed on the event loop: with WAL and synchronous=NORMAL a
+    commit does not fsync (checkpoints do, in their own thread), and a few events cost less
+    to write than the hand-off to a thread and back (measured: 8% more messages a second at
+    c10x10). Only when the store is in use (the other worker is committing, or a quarantine
+    write in a thread here) does the group go to a thread to wait for it. PostgreSQL's
+    commits (a network round trip) always go to a thread.
     """
 
     def __init__(self, recorder: EventRecorder) -> None:
@@ -342,7 +366,10 @@ class GroupCommitter:
         try:
             self.recorder.announce(items)
         finally:  # a failed JSON lines file does not keep the events from the store
+            store = self.recorder.store
             try:
-                self.recorder.store.add_many(items, wait=False)
+                if not store.commits_on_loop:  # a network round trip: never on the loop
+                    raise StoreBusy("committed from a thread")
+                store.add_many(items, wait=False)
             except StoreBusy:
-                await asyncio.to_thread(self.recorder.store.add_many, items)
+                await asyncio.to_thread(store.add_many, items)

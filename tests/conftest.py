@@ -220,3 +220,31 @@ def redis_server() -> Iterator[Any]:
         yield instance
     finally:
         instance.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """Debian's PostgreSQL in a private data directory on a loopback port (tests/pgserver.py)."""
+    from tests import pgserver
+
+    if not pgserver.available():
+        pytest.skip("needs Debian's postgresql server")
+    instance = pgserver.PostgresInstance(free_port()).start()
+    try:
+        yield instance
+    finally:
+        instance.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> str:
+    """A new database on the test server, migrated to the current schema."""
+    from gateway.store.postgres import PostgresStore
+
+    url = str(postgres_server.new_database())
+    store = PostgresStore(url, check_schema=False)
+    try:
+        store.migrate()
+    finally:
+        store.close()
+    return url

@@ -13,8 +13,7 @@ import pytest
 
 from gateway.allows import SenderAllows
 from gateway.config import PROJECT_ROOT
-from gateway.events import SqliteStore
-from gateway.events.store import MAX_ALLOWS
+from gateway.store import MAX_ALLOWS, SqliteStore
 from tests import authdata
 from tests.conftest import running_gateway
 

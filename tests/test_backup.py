@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import PROJECT_ROOT
-from gateway.events import EventFilter, Retained, SecurityEvent, SqliteStore
+from gateway.events import EventFilter, Retained, SecurityEvent
 from gateway.ml.model import CURRENT_FILE, current_model_dir, load_model
 from gateway.quarantine import Quarantine
+from gateway.store import SqliteStore
 from gateway.web.security import hash_password
 from tests.cli_helpers import run_cli
 from tests.conftest import message, write_config

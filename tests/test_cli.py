@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.events import SecurityEvent, SqliteStore
+from gateway.events import SecurityEvent
 from gateway.quarantine import Quarantine
+from gateway.store import SqliteStore
 from tests.checks.golden import MESSAGES
 from tests.conftest import write_config
 
@@ -263,7 +264,8 @@ def test_label_many_events_in_one_process(tmp_path, monkeypatch, capsys):
     """An analyst labels a whole query's worth of events at once: `events list --json | label -`."""
     import io
 
-    from gateway.events import SecurityEvent, SqliteStore
+    from gateway.events import SecurityEvent
+    from gateway.store import SqliteStore
 
     config = tmp_path / "c.toml"
     config.write_text(f'[store]\npath = "{tmp_path / "store"}"\n')

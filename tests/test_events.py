@@ -13,10 +13,10 @@ from gateway.events import (
     EventRecorder,
     JsonLinesSink,
     SecurityEvent,
-    SqliteStore,
     parse_time,
     validate_id,
 )
+from gateway.store import SqliteStore
 
 
 def event(n, **kw):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import StoreError, UnknownIdError
-from gateway.events import SqliteStore
 from gateway.quarantine import Quarantine
+from gateway.store import SqliteStore
 
 QID = "0123456789abcdef.1"
 

@@ -6,7 +6,8 @@ import email
 import email.policy
 import time
 
-from gateway.events import SecurityEvent, SqliteStore
+from gateway.events import SecurityEvent
+from gateway.store import SqliteStore
 from tests.cli_helpers import run_cli
 from tests.conftest import write_config
 

@@ -12,10 +12,11 @@ from typing import Any
 from gateway.config import SHIPPED, Settings
 from gateway.context import new_connection_id
 from gateway.errors import ConfigError
-from gateway.events import Retained, SecurityEvent, SqliteStore, parse_time
+from gateway.events import Retained, SecurityEvent, parse_time
 from gateway.message import ParsedMessage
 from gateway.ml.features import extract
 from gateway.ml.model import load_model, seeded_registry
+from gateway.store import open_store
 from training import dataset as datasets
 from training import registry
 from training.corpus import iter_messages
@@ -132,7 +133,7 @@ def _dataset(args: argparse.Namespace, settings: Settings) -> int:
     for path in args.corpus:
         records.extend(datasets.from_corpus(Path(path)))
     if args.events:
-        store = SqliteStore(settings.store.database)
+        store = open_store(settings.store)
         try:
             since = parse_time(args.since) if args.since else None
             until = parse_time(args.until) if args.until else None
@@ -214,7 +215,7 @@ def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
         return _watch(args, settings)
     if not args.paths:
         raise ConfigError("give the files, Maildirs or mbox files to learn from")
-    store = SqliteStore(settings.store.database)
+    store = open_store(settings.store)
     counts = {"matched": 0, "samples": 0, "withdrawn": 0, "skipped": 0}
     try:
         for path in args.paths:
@@ -255,7 +256,7 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
     user = args.user or root.name
     state = settings.store.path / "learn-watch" / (
         hashlib.sha256(str(root).encode()).hexdigest()[:16] + ".json")  # fmt: skip
-    store = SqliteStore(settings.store.database)
+    store = open_store(settings.store)
     try:
         watch(store, root, user, args.junk, state, args.interval,
               lambda counts: print(json.dumps({"user": user, **counts}), flush=True),

@@ -20,9 +20,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.events import SqliteStore
 from gateway.message import ParsedMessage
 from gateway.ml.features import FEATURE_VERSION, Features, extract
+from gateway.store import Store
 from training.corpus import iter_messages, label_from_path
 
 SPAM_LABELS = {"spam", "phish", "malware"}
@@ -81,7 +81,7 @@ def from_corpus(path: Path) -> Iterator[Record]:
         yield Record(digest, f"corpus:{source}", label, message_time(message), extract(message))
 
 
-def from_events(store: SqliteStore, since: float | None, until: float | None) -> Iterator[Record]:
+def from_events(store: Store, since: float | None, until: float | None) -> Iterator[Record]:
     """Records of events with an analyst label, from their feature snapshot or raw message."""
     for row in store.labelled_messages(since, until):
         features: Features | None = None

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gateway.context import new_connection_id
-from gateway.events import Retained, SecurityEvent, SqliteStore
+from gateway.events import Retained, SecurityEvent
 from gateway.message import ParsedMessage
 from gateway.ml.features import extract
+from gateway.store import Store
 
 
 def _folders(root: Path) -> Iterator[tuple[str, Path]]:
@@ -41,9 +42,7 @@ def _message_ids(folder: Path) -> dict[str, bytes]:
     return found
 
 
-def learn_pass(
-    store: SqliteStore, root: Path, user: str, junk: str, state_file: Path
-) -> dict[str, int]:
+def learn_pass(store: Store, root: Path, user: str, junk: str, state_file: Path) -> dict[str, int]:
     """One look at the Maildir: label what moved into or out of Junk since the last look."""
     state = json.loads(state_file.read_text()) if state_file.exists() else {"junk": []}
     known_junk = set(state["junk"])
@@ -67,7 +66,7 @@ def learn_pass(
     return counts
 
 
-def _label(store: SqliteStore, message_id: str, raw: bytes, label: str, user: str) -> int:
+def _label(store: Store, message_id: str, raw: bytes, label: str, user: str) -> int:
     """Label the event with this Message-ID; keep an unknown message as a sample (returns 1)."""
     matches = store.find_by_message_id(message_id)
     if matches:
@@ -85,7 +84,7 @@ def _label(store: SqliteStore, message_id: str, raw: bytes, label: str, user: st
 
 
 def watch(
-    store: SqliteStore, root: Path, user: str, junk: str, state_file: Path, interval: float,
+    store: Store, root: Path, user: str, junk: str, state_file: Path, interval: float,
     report: Callable[[dict[str, int]], None], passes: int | None = None,
 ) -> None:  # fmt: skip
     """learn_pass every ``interval`` seconds (``passes`` times, or until interrupted)."""

@@ -27,13 +27,24 @@ import time
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.cli import backup, console, events, init, quarantine, report, rules, scan, serve
+from gateway.cli import (
+    backup,
+    console,
+    events,
+    init,
+    quarantine,
+    report,
+    rules,
+    scan,
+    serve,
+    store,
+)
 from gateway.cli.common import settings_of, setup_logging
 from gateway.errors import ConfigError, GatewayError
 
 log = logging.getLogger(__name__)
 
-COMMANDS = (serve, scan, events, rules, console, quarantine, init, backup, report)
+COMMANDS = (serve, scan, events, rules, console, quarantine, init, backup, report, store)
 TRAINING_COMMANDS = ("model", "learn")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.config import Settings, load_settings
-from gateway.events import SqliteStore
+from gateway.store import Store, open_store
 
 # What add_parsers extends (argparse gives it no public name; generic for mypy only).
 if TYPE_CHECKING:
@@ -40,9 +40,9 @@ def settings_of(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
-def store_of(args: argparse.Namespace) -> SqliteStore:
+def store_of(args: argparse.Namespace) -> Store:
     """The event store the settings name."""
-    return SqliteStore(settings_of(args).store.database)
+    return open_store(settings_of(args).store)
 
 
 def fmt_time(ts: float) -> str:

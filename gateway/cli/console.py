@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 
 from gateway.cli.common import Subparsers, settings_of, store_of
-from gateway.events import SqliteStore
+from gateway.store import Store
 
 
 def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -104,7 +104,7 @@ def _users_enable(args: argparse.Namespace, disabled: bool) -> int:
 
 
 @contextlib.contextmanager
-def _store(args: argparse.Namespace) -> Iterator[SqliteStore]:
+def _store(args: argparse.Namespace) -> Iterator[Store]:
     store = store_of(args)
     try:
         yield store

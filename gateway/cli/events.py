@@ -9,7 +9,8 @@ import sys
 
 from gateway.cli.common import Subparsers, fmt_time, store_of
 from gateway.errors import UnknownIdError
-from gateway.events import EventFilter, SecurityEvent, SqliteStore, parse_time
+from gateway.events import EventFilter, SecurityEvent, parse_time
+from gateway.store import Store
 
 
 def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -125,7 +126,7 @@ def cmd_events_purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _label_many(store: SqliteStore, args: argparse.Namespace) -> int:
+def _label_many(store: Store, args: argparse.Namespace) -> int:
     """Many ids from stdin in one process: one a line, or `events list --json` lines.
 
     `mailmoat events list --symbol X --json | mailmoat label - spam`, or `< ids.txt`.

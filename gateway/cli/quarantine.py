@@ -11,8 +11,9 @@ import sys
 from gateway.cli.common import Subparsers, fmt_time, settings_of
 from gateway.config import Settings
 from gateway.context import new_connection_id
-from gateway.events import EventKind, SecurityEvent, SqliteStore
+from gateway.events import EventKind, SecurityEvent
 from gateway.quarantine import Quarantine
+from gateway.store import Store, open_store
 
 
 def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -40,9 +41,9 @@ def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
         qcmd.set_defaults(func=func)
 
 
-def _open(args: argparse.Namespace) -> tuple[SqliteStore, Quarantine]:
+def _open(args: argparse.Namespace) -> tuple[Store, Quarantine]:
     settings = settings_of(args)
-    store = SqliteStore(settings.store.database)
+    store = open_store(settings.store)
     return store, Quarantine(settings.store.quarantine_dir, store)
 
 

@@ -18,8 +18,9 @@ from gateway.cli.common import (
 )
 from gateway.config import Settings
 from gateway.context import Envelope, ScanContext, new_connection_id
-from gateway.events import SqliteStore, parse_time
+from gateway.events import parse_time
 from gateway.pipeline import Pipeline
+from gateway.store import SqliteStore, open_store
 
 
 def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
@@ -155,7 +156,7 @@ async def _rules_replay(args: argparse.Namespace) -> int:
         update={"checks": {n: {"enabled": False} for n in _check_names()}}
     )
     pipeline = Pipeline.from_settings(settings)
-    store = SqliteStore(Path(args.events) if args.events else settings.store.database)
+    store = SqliteStore(Path(args.events)) if args.events else open_store(settings.store)
     bar = tqdm(desc="replay", unit="msg", disable=None if not args.json else True)
 
     def progress(done: int, total: int) -> None:
@@ -207,7 +208,7 @@ def _rules_stats(args: argparse.Namespace) -> int:
 
     settings = settings_of(args)
     rules = load_rules(settings.rules.paths, known_symbols([]))
-    store = SqliteStore(settings.store.database)
+    store = open_store(settings.store)
     try:
         stats = rule_stats(store, rules.names, parse_time(args.since) if args.since else None)
     finally:

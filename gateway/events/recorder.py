@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.errors import StoreError
 from gateway.events.schema import Retained, SecurityEvent
-from gateway.events.store import EventStore
+
+if TYPE_CHECKING:
+    from gateway.store import Store
 
 # Security events go to their own logger as JSON lines (not this module's name: operators
 # route "gateway.events" to their log shipper).
@@ -35,7 +38,7 @@ class JsonLinesSink:
 class EventRecorder:
     """Sends each event to the store, the optional JSON lines file and the events logger."""
 
-    def __init__(self, store: EventStore, jsonl: JsonLinesSink | None = None) -> None:
+    def __init__(self, store: Store, jsonl: JsonLinesSink | None = None) -> None:
         self.store = store
         self.jsonl = jsonl
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.context import Envelope, ScanContext
-from gateway.events import SecurityEvent, SqliteStore
+from gateway.events import SecurityEvent
 from gateway.pipeline import Pipeline
+from gateway.store import Store
 from gateway.types import Action, Finding, Status
 
 SPAMMY = {"spam", "phish", "malware"}
@@ -74,7 +73,7 @@ def _errs(label: str | None, action: str) -> tuple[bool, bool]:
 
 
 async def replay(
-    store: SqliteStore,
+    store: Store,
     pipeline: Pipeline,
     since: float | None,
     until: float | None,
@@ -85,19 +84,12 @@ async def replay(
     The checks are not run again (no clamd, no DNS): their recorded findings are used, so a
     replay measures the rules alone, fast, on exactly the evidence the gateway had.
     """
-    rows = store.query(
-        "SELECT e.data AS data, r.raw AS raw FROM events e JOIN retained r ON r.event_id = e.id"
-        " WHERE e.kind = 'message' AND r.raw IS NOT NULL AND e.time >= ? AND e.time < ?"
-        " ORDER BY e.time",
-        (since or 0.0, until or 1e12),
-    )
+    rows = list(store.retained_messages(since, until))
     report = ReplayReport()
     started = time.perf_counter()
     fp_before = fp_after = fn_before = fn_after = 0
 
-    for number, row in enumerate(rows, start=1):
-        event = SecurityEvent.from_dict(json.loads(row["data"]))
-        raw = zlib.decompress(row["raw"])
+    for number, (event, raw) in enumerate(rows, start=1):
         ctx = ScanContext(
             Envelope(
                 id=event.id, raw=raw, mail_from=event.mail_from, rcpts=event.rcpts,
@@ -138,37 +130,12 @@ async def replay(
     return report
 
 
-def rule_stats(store: SqliteStore, rule_names: list[str], since: float | None) -> dict[str, Any]:
+def rule_stats(store: Store, rule_names: list[str], since: float | None) -> dict[str, Any]:
     """Hits per rule and symbol, hits per day for rules, silent rules, rules firing on ham."""
     since = since or 0.0
-    symbols = {
-        r["symbol"]: r["hits"]
-        for r in store.query(
-            "SELECT symbol, COUNT(*) AS hits FROM event_symbols WHERE time >= ? GROUP BY symbol"
-            " ORDER BY hits DESC",
-            (since,),
-        )
-    }
-    per_day: dict[str, dict[str, int]] = {}
-    for r in store.query(
-        "SELECT symbol, date(time, 'unixepoch') AS day, COUNT(*) AS hits FROM event_symbols"
-        " WHERE time >= ? GROUP BY symbol, day ORDER BY day",
-        (since,),
-    ):
-        if r["symbol"] in rule_names:
-            per_day.setdefault(r["symbol"], {})[r["day"]] = r["hits"]
-    on_ham = {
-        r["symbol"]: r["hits"]
-        for r in store.query(
-            "SELECT es.symbol AS symbol, COUNT(*) AS hits FROM event_symbols es"
-            " JOIN labels l ON l.event_id = es.event_id"
-            " WHERE es.time >= ? AND l.withdrawn IS NULL AND l.label = 'ham'"
-            " AND l.id = (SELECT MAX(id) FROM labels WHERE event_id = l.event_id"
-            "   AND withdrawn IS NULL) GROUP BY es.symbol",
-            (since,),
-        )
-        if r["symbol"] in rule_names
-    }
+    symbols = dict(store.symbol_counts(since))
+    per_day = {s: days for s, days in store.symbol_hits_per_day(since).items() if s in rule_names}
+    on_ham = {s: n for s, n in store.symbol_hits_on_ham(since).items() if s in rule_names}
     return {
         "rules": {name: symbols.get(name, 0) for name in rule_names},
         "symbols": symbols,

@@ -35,12 +35,12 @@ from gateway.events import (
     EventKind,
     EventRecorder,
     SecurityEvent,
-    SqliteStore,
     parse_time,
 )
 from gateway.quarantine import Quarantine
 from gateway.relay import Reply, make_backend
 from gateway.service import release_message
+from gateway.store import open_store
 from gateway.web import mailbox, overview
 from gateway.web.message_view import describe
 from gateway.web.security import (
@@ -74,7 +74,7 @@ class Console:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = SqliteStore(settings.store.database)
+        self.store = open_store(settings.store)
         self.quarantine = Quarantine(settings.store.quarantine_dir, self.store)
         self.backend = make_backend(settings.backend, settings.server.identity)
         self.recorder = EventRecorder(self.store)

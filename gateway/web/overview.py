@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from gateway.config import Settings
-from gateway.events import SqliteStore
+from gateway.store import Store
 
 ACTIONS = ("accept", "tag", "quarantine", "reject", "tempfail", "discard")
 COLOURS = {"accept": "#4c9a2a", "tag": "#d4a017", "quarantine": "#e07b00", "reject": "#c0392b",
@@ -49,19 +49,13 @@ def chart(buckets: list[tuple[str, dict[str, int]]]) -> str:
 
 
 def summary(
-    store: SqliteStore, settings: Settings, now: float | None = None, days: float = 7.0
+    store: Store, settings: Settings, now: float | None = None, days: float = 7.0
 ) -> dict[str, Any]:
     """Verdicts over 24 h, top symbols/senders/domains/rules and labels vs verdicts over
     ``days`` (7 for the console, 1 for the daily report), failures over 24 h."""
     now = now or time.time()
     day, week = now - 86400, now - days * 86400
-    per_hour: dict[int, dict[str, int]] = {}
-    for row in store.query(
-        "SELECT CAST((time - ?) / 3600 AS INT) AS n, action, COUNT(*) AS c FROM events"
-        " WHERE kind = 'message' AND time >= ? GROUP BY n, action",
-        (day, day),
-    ):
-        per_hour.setdefault(int(row["n"]), {})[row["action"]] = int(row["c"])
+    per_hour = store.verdicts_by_hour(day)
     # All 24 hours, empty ones included, so the time axis is honest.
     buckets = [
         (datetime.fromtimestamp(day + n * 3600, UTC).strftime("%H:00"), per_hour.get(n, {}))
@@ -72,43 +66,19 @@ def summary(
         for action, n in counts.items():
             totals[action] = totals.get(action, 0) + n
     messages = sum(totals.values())
-
-    def top(sql: str, params: tuple[Any, ...]) -> list[tuple[str, int]]:
-        return [(str(r[0]), int(r[1])) for r in store.query(sql, params)]
-
-    symbols = top("SELECT symbol, COUNT(*) FROM event_symbols WHERE time >= ? GROUP BY symbol"
-                  " ORDER BY 2 DESC LIMIT 15", (week,))  # fmt: skip
-    senders = top(
-        "SELECT mail_from, COUNT(*) FROM events WHERE kind = 'message' AND time >= ?"
-        " AND mail_from != '' GROUP BY mail_from ORDER BY 2 DESC LIMIT 10",
-        (week,),
-    )
-    domains = top(
-        "SELECT substr(mail_from, instr(mail_from, '@') + 1) AS d, COUNT(*) FROM events"
-        " WHERE kind = 'message' AND time >= ? AND mail_from LIKE '%@%' GROUP BY d"
-        " ORDER BY 2 DESC LIMIT 10",
-        (week,),
-    )
+    hits = store.symbol_counts(week)
     rule_names = _rule_names(settings)
-    hits = top("SELECT symbol, COUNT(*) FROM event_symbols WHERE time >= ? GROUP BY symbol"
-               " ORDER BY 2 DESC", (week,))  # fmt: skip
     rules = [(s, n) for s, n in hits if s in rule_names][:10]
-    labelled = store.query(
-        "SELECT l.label AS label, e.action AS action, COUNT(*) AS c FROM labels l"
-        " JOIN events e ON e.id = l.event_id WHERE l.withdrawn IS NULL AND e.time >= ?"
-        " AND l.id = (SELECT MAX(id) FROM labels WHERE event_id = l.event_id AND withdrawn IS NULL)"
-        " GROUP BY l.label, e.action",
-        (week,),
-    )
+    labelled = store.labels_against_actions(week)
     held = ("quarantine", "reject", "discard")
-    false_positives = sum(r["c"] for r in labelled if r["label"] == "ham" and r["action"] in held)
+    false_positives = sum(n for label, action, n in labelled if label == "ham" and action in held)
     false_negatives = sum(
-        r["c"] for r in labelled if r["label"] != "ham" and r["action"] == "accept"
+        n for label, action, n in labelled if label != "ham" and action == "accept"
     )
-    failures = top("SELECT symbol, COUNT(*) FROM event_symbols WHERE time >= ? AND"
-                   " (symbol = 'AV_FAIL' OR symbol LIKE '%\\_TEMPERROR' ESCAPE '\\'"
-                   " OR symbol LIKE '%\\_ERROR' ESCAPE '\\') GROUP BY symbol ORDER BY 2 DESC",
-                   (day,))  # fmt: skip
+    failures = store.failure_counts(day)
+    symbols = hits[:15]
+    senders = store.top_senders(week, 10)
+    domains = store.top_sender_domains(week, 10)
     return {
         "chart": chart(buckets),
         "totals": totals,
@@ -117,7 +87,7 @@ def summary(
         "senders": senders,
         "domains": domains,
         "rules": rules,
-        "labelled": sum(r["c"] for r in labelled),
+        "labelled": sum(n for *_, n in labelled),
         "false_positives": false_positives,
         "false_negatives": false_negatives,
         "failures": [(s, n, n / messages if messages else 0.0) for s, n in failures],

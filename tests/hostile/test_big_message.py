@@ -13,7 +13,8 @@ from pathlib import Path
 import aiosmtplib
 
 from gateway.config import load_settings
-from gateway.events import EventFilter, SqliteStore
+from gateway.events import EventFilter
+from gateway.store import SqliteStore
 from tests.conftest import free_port
 from tests.smtp.test_lifecycle import ROOT, start_process, wait_for_port
 

@@ -12,9 +12,10 @@ import urllib.request
 
 import pytest
 
-from gateway.events import EventFilter, SqliteStore
+from gateway.events import EventFilter
 from gateway.smtp.limits import ConnectionCounts
 from gateway.smtp.workers import restart_delay
+from gateway.store import SqliteStore
 from tests.conftest import free_port, message, send_message
 from tests.smtp.test_lifecycle import ROOT, _children, log_of, start_process, wait_for_port
 

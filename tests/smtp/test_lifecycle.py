@@ -12,7 +12,8 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from gateway.events import EventFilter, SqliteStore
+from gateway.events import EventFilter
+from gateway.store import SqliteStore
 from tests.conftest import free_port, message, running_gateway, send_message
 
 ROOT = Path(__file__).resolve().parents[2]

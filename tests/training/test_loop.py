@@ -10,9 +10,10 @@ import pytest
 
 from bench.common import load_corpus
 from gateway.cli import main
-from gateway.events import EventFilter, Retained, SecurityEvent, SqliteStore
+from gateway.events import EventFilter, Retained, SecurityEvent
 from gateway.message import ParsedMessage
 from gateway.ml.features import extract
+from gateway.store import SqliteStore
 from tests.conftest import write_config
 from training import dataset as datasets
 from training.corpus import iter_messages, label_from_path

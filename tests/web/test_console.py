@@ -18,8 +18,9 @@ from aiosmtpd.controller import Controller
 from playwright.sync_api import sync_playwright
 
 from gateway.config import load_settings
-from gateway.events import EventFilter, Retained, SecurityEvent, SqliteStore
+from gateway.events import EventFilter, Retained, SecurityEvent
 from gateway.quarantine import Quarantine
+from gateway.store import SqliteStore
 from gateway.web.app import create_app
 from gateway.web.security import hash_password
 from tests.conftest import free_port, message, write_config
