@@ -170,7 +170,7 @@ class Gateway:
             return False
         self.store_probed = now
         try:
-            await asyncio.to_thread(self.store.query, "SELECT 1 AS one")
+            await asyncio.to_thread(self.store.ping)
         except StoreError as exc:
             self.store_failed("events", exc)
             log.error("the event store still fails (%s): mail is deferred", exc)

@@ -145,6 +145,11 @@ class Store(ABC):
     def _hour_since(self, column: str) -> str:
         """SQL for whole hours between a ``?`` time and a time column (a non-negative int)."""
 
+    def ping(self) -> None:
+        """A small write (a read would pass on a full disk); StoreError when it fails."""
+        with self.transaction() as tx:
+            tx.execute("UPDATE meta SET value = value WHERE key = 'schema'")
+
     # --- events -----------------------------------------------------------------------
 
     def add(self, event: SecurityEvent, retained: Retained | None = None) -> None:

