@@ -2,18 +2,22 @@
 
 One timestamped ``.tar.gz`` with a ``MANIFEST.json`` naming every file and its sha256. The
 SQLite store (events, labels, users, sessions, the quarantine index) is copied with SQLite's
-online backup API, so a gateway may keep writing meanwhile. A restore checks every file
+online backup API, so a gateway may keep writing meanwhile; the PostgreSQL store is dumped
+with ``pg_dump`` (one consistent snapshot, while the nodes write) and put back with
+``pg_restore``. A restore checks every file
 against the manifest first and refuses a corrupt or incomplete archive, or a target that
 already holds a store (unless told to replace it), before it writes anything.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
 import shutil
 import sqlite3
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -24,9 +28,13 @@ from pathlib import Path, PurePosixPath
 from gateway import __version__
 from gateway.config import Settings
 from gateway.errors import GatewayError
+from gateway.store.postgres import redacted
 
 MANIFEST = "MANIFEST.json"
 FORMAT = 1
+
+
+PG_DUMP = "store/postgres.dump"
 
 
 class BackupError(GatewayError):
@@ -77,27 +85,73 @@ def _sha256(data: bytes) -> str:
 def backup(settings: Settings, config: Path | None, to: Path) -> Path:
     """Write ``to/mailmoat-backup-<time>.tar.gz``; return its path."""
     parts = Parts.of(settings, config)
-    if not parts.store.exists():
+    url = settings.store.url
+    if not url and not parts.store.exists():
         raise BackupError(f"no store at {parts.store}: nothing to back up")
     to.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     archive = to / f"mailmoat-backup-{stamp}.tar.gz"
     entries: dict[str, bytes] = {}
+    if url:
+        entries[PG_DUMP] = _pg_tool("pg_dump", "--format=custom", "--no-owner", f"--dbname={url}")
+    else:
+        entries["store/events.sqlite3"] = _sqlite_copy(parts.store)
+    _collect(parts, entries)
+    return _write(archive, parts, entries)
+
+
+def _pg_tool(name: str, *args: str) -> bytes:
+    """Run pg_dump or pg_restore (PostgreSQL's client tools); its output, or BackupError."""
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                                                   reverse=True)), None)  # fmt: skip
+    if found is None:
+        raise BackupError(
+            f"{name} not found: install PostgreSQL's client tools (postgresql-client)"
+        )
+    done = subprocess.run([found, *args], capture_output=True, check=False)  # noqa: S603 - PostgreSQL's tool, our arguments
+    if done.returncode != 0:
+        detail = redacted(done.stderr.decode("utf-8", "replace").strip())[-2000:]
+        raise BackupError(f"{name} failed: {detail}")
+    return done.stdout
+
+
+def _pg_holds_events(url: str) -> bool:
+    from gateway.store.postgres import PostgresStore
+
+    store = PostgresStore(url, check_schema=False)
+    try:
+        if store.schema_version() == 0:
+            return False
+        return bool(store.query("SELECT 1 AS x FROM events LIMIT 1"))
+    finally:
+        store.close()
+
+
+def _sqlite_copy(path: Path) -> bytes:
+    """A consistent copy of the SQLite store while the gateway writes (online backup)."""
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "events.sqlite3"
-        source = sqlite3.connect(parts.store)
+        source = sqlite3.connect(path)
         target = sqlite3.connect(copy)
         try:
             source.backup(target)  # consistent while the gateway writes
         finally:
             target.close()
             source.close()
-        entries["store/events.sqlite3"] = copy.read_bytes()
+        return copy.read_bytes()
+
+
+def _collect(parts: Parts, entries: dict[str, bytes]) -> None:
+    """The quarantine, models, rules and config files."""
     for folder, path in parts.folders().items():
         for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
             entries[f"{folder}/{file.relative_to(path).as_posix()}"] = file.read_bytes()
     for name, path in parts.files().items():
         entries[name] = path.read_bytes()
+
+
+def _write(archive: Path, parts: Parts, entries: dict[str, bytes]) -> Path:
+    """The archive with its manifest, renamed into place once whole."""
     created = time.time()
     manifest = {
         "format": FORMAT,
@@ -155,7 +209,15 @@ def restore(
     """Put an archive's parts where ``settings`` keeps them; counts of files per part."""
     manifest, files = read_archive(archive)
     parts = Parts.of(settings, config)
-    if parts.store.exists() and not replace:
+    url = settings.store.url
+    if (PG_DUMP in files) != bool(url):
+        held, wanted = ("a PostgreSQL dump", "the SQLite store") if url == "" else (
+            "an SQLite store", "PostgreSQL ([store] url)")  # fmt: skip
+        raise BackupError(f"{archive} holds {held}; this config uses {wanted}")
+    if url and _pg_holds_events(url) and not replace:
+        raise BackupError(f"{redacted(url)} holds events: restore into an empty database, "
+                          "or --replace")  # fmt: skip
+    if not url and parts.store.exists() and not replace:
         raise BackupError(f"{parts.store} exists: restore into an empty store, or --replace")
     rules_dirs = int(str(manifest.get("rules_dirs", 0)))
     if rules_dirs > len(parts.rules):
@@ -171,6 +233,14 @@ def restore(
             head = f"rules/{index}"
         if head == "config":
             continue  # the config is the operator's to put back (it names these paths)
+        if name == PG_DUMP:
+            with tempfile.TemporaryDirectory() as scratch:
+                dump = Path(scratch) / "postgres.dump"
+                dump.write_bytes(data)
+                _pg_tool("pg_restore", "--clean", "--if-exists", "--no-owner",
+                         "--single-transaction", f"--dbname={url}", str(dump))  # fmt: skip
+            counts["store"] = 1
+            continue
         target = targets[head] / rest
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists() and head == "store":
