@@ -15,6 +15,7 @@ from gateway.milter.server import MilterServer
 from gateway.service import Gateway
 from gateway.smtp.limits import ConnectionCounts
 from gateway.smtp.server import SmtpServer
+from gateway.smtp.workers import early_stop
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,22 @@ async def serve(
     ``[milter] listen`` is; both share this worker's gateway (pipeline, store, metrics).
     """
     settings = gateway.settings
+    # Signals first: a SIGTERM from now on drains; one that came while this worker was
+    # starting (workers.early_stop) stops it before it takes a connection.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[Any]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(gateway.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if early_stop.is_set():
+        stop.set()
     sessions_task = None
     smtp = SmtpServer(gateway, counts) if settings.server.listen else None
     milter = MilterServer(gateway) if settings.milter.listen else None
@@ -50,18 +67,6 @@ async def serve(
     if pid_file is not None and settings.server.worker_count == 1:
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(f"{os.getpid()}\n")
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[Any]] = set()
-
-    def on_hup() -> None:
-        task = loop.create_task(gateway.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
     if ready is not None:
         ready.set()
     try:

@@ -88,9 +88,11 @@ def test_the_systemd_units_verify(tmp_path):
         (tmp_path / unit.name).write_text(text)
         units.append(tmp_path / unit.name)
     names = [u.name for u in units]
-    assert names == ["mailmoat-web.service", "mailmoat.service", "mailmoat.socket"]
+    assert names == ["mailmoat-digest.service", "mailmoat-digest.timer", "mailmoat-report.service",
+                     "mailmoat-report.timer", "mailmoat-web.service", "mailmoat.service",
+                     "mailmoat.socket"]  # fmt: skip
     verified = run(analyze, "verify", *units, cwd=tmp_path)
     assert verified.returncode == 0, verified.stderr
-    exposure = run(analyze, "security", "--offline=true", units[1], cwd=tmp_path)
+    exposure = run(analyze, "security", "--offline=true", units[5], cwd=tmp_path)
     level = float(exposure.stdout.rsplit("exposure level for mailmoat.service:", 1)[1].split()[0])
     assert level < 5.0, exposure.stdout  # systemd rates below 5 "OK"

@@ -19,12 +19,15 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 
 from gateway.config import Settings
 
 log = logging.getLogger(__name__)
+# Set when a worker is told to stop before serve() handles signals itself.
+early_stop = threading.Event()
 
 
 # A worker that dies is forked again after a delay: FIRST_DELAY, doubled for each death in a
@@ -62,8 +65,11 @@ def run_workers(
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
+            # Until serve() takes over the signals: a stop is remembered (serve() then stops
+            # at once, cleanly), not a death by SIGTERM that the parent would count.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: early_stop.set())
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             status = 0
             try:
                 work(index)
