@@ -220,3 +220,28 @@ def test_a_store_that_cannot_answer_raises_store_error(store):
 def test_a_postgres_url_is_never_shown_with_its_password():
     assert redacted("postgresql://mm:s3cret@db1:5432/mail") == "postgresql://mm:***@db1:5432/mail"
     assert redacted("postgresql://db1/mail") == "postgresql://db1/mail"
+
+
+def test_postgres_expiry_drops_whole_day_partitions_and_keeps_labelled_and_held(postgres_url):
+    store = PostgresStore(postgres_url)
+    old = NOW - 10 * 86400
+    made = store.ensure_partitions(NOW - 12 * 86400, NOW)
+    day = time.strftime("p%Y%m%d", time.gmtime(old))
+    assert day in made
+    store.add_many([
+        (event(1, time=old), Retained(b"raw 1", None, None)),
+        (event(2, time=old + 1), None),
+        (event(3, time=old + 2, action="quarantine"), None),  # held: kept from the start
+        (event(4, time=NOW), None),
+    ])  # fmt: skip
+    store.add_label(f"{2:016x}.1", "spam", "console", "ana")  # labelled: moved to kept
+    counts = store.purge(now=NOW, events_before=NOW - 5 * 86400)
+    assert counts["events"] == 1
+    tables = {r["relname"] for r in store.query("SELECT relname FROM pg_class")}
+    assert f"events_{day}" not in tables  # the day went as a whole partition
+    assert f"event_symbols_{day}" not in tables
+    assert ids(store.list(EventFilter(limit=50))) == [4, 3, 2]
+    assert ids(store.list(EventFilter(recipient="rcpt0@example.test", limit=50))) == [4, 2]
+    assert ids(store.list(EventFilter(symbol="HDR_X", limit=50))) == [4, 3, 2]
+    assert store.retained(f"{1:016x}.1") is None
+    store.close()

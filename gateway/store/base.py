@@ -165,29 +165,36 @@ class Store(ABC):
                 self._insert(tx, event, retained)
 
     def _insert(self, tx: Tx, event: SecurityEvent, retained: Retained | None) -> None:
+        # An engine that partitions by time adds a bucket to every row (``_bucket``): the
+        # event's time, or KEPT for what must outlive expiry (a quarantined message).
+        extra = self._bucket(event)
+        col, val = (", bucket", ", ?") if extra else ("", "")
         tx.execute(
             "INSERT INTO events (id, time, kind, client_ip, mail_from, action, score, subject,"
-            " message_id, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f" message_id, data{col}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?{val})",
             (event.id, event.time, event.kind, event.client_ip, event.mail_from.lower(),
-             event.action, event.score, event.subject, event.message_id, event.to_json()),
+             event.action, event.score, event.subject, event.message_id, event.to_json(),
+             *extra),
         )  # fmt: skip
         if event.symbols:
             tx.executemany(
-                "INSERT INTO event_symbols (event_id, symbol, score, time) VALUES (?, ?, ?, ?)",
-                [(event.id, s["name"], s.get("score", 0.0), event.time) for s in event.symbols],
-            )
+                f"INSERT INTO event_symbols (event_id, symbol, score, time{col})"
+                f" VALUES (?, ?, ?, ?{val})",
+                [(event.id, s["name"], s.get("score", 0.0), event.time, *extra)
+                 for s in event.symbols],
+            )  # fmt: skip
         if event.rcpts:
             tx.executemany(
-                "INSERT INTO event_rcpts (event_id, rcpt, time) VALUES (?, ?, ?)",
-                [(event.id, r.lower(), event.time) for r in event.rcpts],
+                f"INSERT INTO event_rcpts (event_id, rcpt, time{col}) VALUES (?, ?, ?{val})",
+                [(event.id, r.lower(), event.time, *extra) for r in event.rcpts],
             )
         if event.subject:
             self._index_text(tx, event)
         if retained is not None:
             features = retained.features
             tx.execute(
-                "INSERT INTO retained (event_id, time, expires, raw, features, feature_version)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO retained (event_id, time, expires, raw, features, feature_version"
+                f"{col}) VALUES (?, ?, ?, ?, ?, ?{val})",
                 (
                     event.id,
                     event.time,
@@ -195,8 +202,17 @@ class Store(ABC):
                     None if retained.raw is None else zlib.compress(retained.raw, 6),
                     None if features is None else zlib.compress(json.dumps(features).encode()),
                     None if features is None else features.get("version"),
+                    *extra,
                 ),
             )
+
+    def _bucket(self, event: SecurityEvent) -> tuple[float, ...]:
+        """The partition bucket of an event's rows, for an engine that partitions: ()."""
+        return ()
+
+    @abstractmethod
+    def _keep(self, tx: Tx, event_id: str) -> None:
+        """Make an event outlive expiry (labelled, held): for an engine that partitions."""
 
     def get(self, event_id: str) -> SecurityEvent:
         """One event by id."""
@@ -278,6 +294,7 @@ class Store(ABC):
                 (entry.event_id, entry.label, entry.source, entry.author, entry.note, entry.time),
             )
             tx.execute("UPDATE retained SET expires = NULL WHERE event_id = ?", (event_id,))
+            self._keep(tx, event_id)
         return entry
 
     def withdraw_labels(self, event_id: str, author: str) -> int:
@@ -443,6 +460,7 @@ class Store(ABC):
                 (row.id, row.time, row.mail_from, json.dumps(list(row.rcpts)), row.subject,
                  row.score, row.reason, row.size, row.status, row.time),
             )  # fmt: skip
+            self._keep(tx, row.id)  # if its event is already in (the gateway writes it after)
 
     def held(self, message_id: str) -> QuarantineRow:
         """One quarantine entry; UnknownIdError when there is none."""

@@ -12,6 +12,7 @@ any node's console release what another node held.
 
 from __future__ import annotations
 
+import calendar
 import logging
 import re
 import time
@@ -25,7 +26,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gateway.errors import StoreError
-from gateway.events.schema import SecurityEvent
+from gateway.events.schema import Retained, SecurityEvent
 from gateway.store.base import Cursor, Row, Store, Tx
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         1,
         """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('schema', '1');
+-- Events and the rows that hang off them are partitioned by bucket: the event's time, one
+-- partition a day (expiry drops whole days), or KEPT for labelled and held events.
 CREATE TABLE events (
-    id TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    bucket DOUBLE PRECISION NOT NULL,
     time DOUBLE PRECISION NOT NULL,
     kind TEXT NOT NULL,
     client_ip TEXT NOT NULL,
@@ -47,8 +52,9 @@ CREATE TABLE events (
     score DOUBLE PRECISION,
     subject TEXT NOT NULL,
     message_id TEXT NOT NULL,
-    data TEXT NOT NULL
-);
+    data TEXT NOT NULL,
+    PRIMARY KEY (id, bucket)
+) PARTITION BY RANGE (bucket);
 CREATE INDEX events_time ON events (time);
 CREATE INDEX events_sender ON events (mail_from, time);
 CREATE INDEX events_action ON events (action, time);
@@ -57,20 +63,43 @@ CREATE INDEX events_client_ip ON events (client_ip, time);
 CREATE INDEX events_kind ON events (kind, time);
 CREATE INDEX events_subject ON events USING gin (to_tsvector('simple', subject));
 CREATE TABLE event_rcpts (
-    event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    event_id TEXT NOT NULL,
+    bucket DOUBLE PRECISION NOT NULL,
     rcpt TEXT NOT NULL,
     time DOUBLE PRECISION NOT NULL
-);
+) PARTITION BY RANGE (bucket);
 CREATE INDEX event_rcpts_rcpt ON event_rcpts (rcpt, time);
 CREATE INDEX event_rcpts_event ON event_rcpts (event_id);
 CREATE TABLE event_symbols (
-    event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    event_id TEXT NOT NULL,
+    bucket DOUBLE PRECISION NOT NULL,
     symbol TEXT NOT NULL,
     score DOUBLE PRECISION NOT NULL,
     time DOUBLE PRECISION NOT NULL
-);
+) PARTITION BY RANGE (bucket);
 CREATE INDEX event_symbols_lookup ON event_symbols (symbol, time, event_id);
 CREATE INDEX event_symbols_event ON event_symbols (event_id);
+CREATE TABLE retained (
+    event_id TEXT NOT NULL,
+    bucket DOUBLE PRECISION NOT NULL,
+    time DOUBLE PRECISION NOT NULL,
+    expires DOUBLE PRECISION,
+    raw BYTEA,
+    features BYTEA,
+    feature_version INTEGER,
+    PRIMARY KEY (event_id, bucket)
+) PARTITION BY RANGE (bucket);
+CREATE INDEX retained_expires ON retained (expires);
+CREATE TABLE events_kept PARTITION OF events FOR VALUES FROM (1e15) TO (MAXVALUE);
+CREATE TABLE event_rcpts_kept PARTITION OF event_rcpts FOR VALUES FROM (1e15) TO (MAXVALUE);
+CREATE TABLE event_symbols_kept PARTITION OF event_symbols
+    FOR VALUES FROM (1e15) TO (MAXVALUE);
+CREATE TABLE retained_kept PARTITION OF retained FOR VALUES FROM (1e15) TO (MAXVALUE);
+-- What no day partition takes (a clock far off, an old restore) still goes somewhere.
+CREATE TABLE events_other PARTITION OF events DEFAULT;
+CREATE TABLE event_rcpts_other PARTITION OF event_rcpts DEFAULT;
+CREATE TABLE event_symbols_other PARTITION OF event_symbols DEFAULT;
+CREATE TABLE retained_other PARTITION OF retained DEFAULT;
 CREATE TABLE users (
     name TEXT PRIMARY KEY,
     hash TEXT NOT NULL,
@@ -99,18 +128,9 @@ CREATE TABLE quarantine (
     status_time DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX quarantine_time ON quarantine (status, time);
-CREATE TABLE retained (
-    event_id TEXT PRIMARY KEY REFERENCES events (id) ON DELETE CASCADE,
-    time DOUBLE PRECISION NOT NULL,
-    expires DOUBLE PRECISION,
-    raw BYTEA,
-    features BYTEA,
-    feature_version INTEGER
-);
-CREATE INDEX retained_expires ON retained (expires);
 CREATE TABLE labels (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    event_id TEXT NOT NULL,
     label TEXT NOT NULL,
     source TEXT NOT NULL,
     author TEXT NOT NULL,
@@ -131,6 +151,12 @@ CREATE TABLE sender_allows (
 ]
 LATEST = MIGRATIONS[-1][0]
 LOCK_ID = 0x6D61696C  # the advisory lock two nodes migrating at once take in turn
+# The partitioned tables, the bucket of labelled and held events, and how far ahead day
+# partitions are made (made again whenever an event comes within AHEAD_DAYS - 1 of the end).
+PARTITIONED = ("events", "event_rcpts", "event_symbols", "retained")
+KEPT = 1e15
+DAY = 86400
+AHEAD_DAYS = 7
 
 
 @lru_cache(maxsize=512)
@@ -180,6 +206,7 @@ class PostgresStore(Store):
         )  # fmt: skip
         # Not waiting: a node starts while PostgreSQL is down (it answers 4xx until back).
         self.pool.open(wait=False)
+        self.horizon = 0.0  # day partitions exist up to here (as far as this process knows)
         if check_schema:  # not for `mailmoat store migrate`, which brings it up to date
             self._check_schema()
 
@@ -197,6 +224,94 @@ class PostgresStore(Store):
                 f"{self.location}: schema version {version}, this Mailmoat needs {LATEST}: "
                 "run `mailmoat store migrate`"
             )
+        try:
+            self.ensure_partitions(time.time() - DAY, time.time() + AHEAD_DAYS * DAY)
+        except StoreError as exc:  # the default partition takes the events meanwhile
+            log.warning("%s: day partitions not made (%s)", self.location, exc)
+
+    def ensure_partitions(self, first: float, last: float) -> list[str]:
+        """Day partitions (UTC) of every partitioned table from ``first`` to ``last``; the
+        days made now. Two nodes making the same day at once is harmless."""
+        made = []
+        day = int(first // DAY) * DAY
+        while day <= last:
+            name = time.strftime("p%Y%m%d", time.gmtime(day))
+            with self.transaction() as tx:
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (LOCK_ID + 1,))
+                exists = tx.execute(
+                    "SELECT 1 FROM pg_class WHERE relname = ?", (f"events_{name}",)
+                ).fetchone()
+                if not exists:
+                    for table in PARTITIONED:
+                        tx.execute(
+                            f"CREATE TABLE {table}_{name} PARTITION OF {table}"
+                            f" FOR VALUES FROM ({day}) TO ({day + DAY})"
+                        )
+                    made.append(name)
+            day += DAY
+        self.horizon = max(self.horizon, day)
+        return made
+
+    def add_many(
+        self, items: Sequence[tuple[SecurityEvent, Retained | None]], wait: bool = True
+    ) -> None:
+        """Events in one transaction, making day partitions ahead when their end is near."""
+        newest = max((event.time for event, _ in items), default=0.0)
+        if newest > self.horizon - (AHEAD_DAYS - 1) * DAY:
+            try:
+                self.ensure_partitions(newest - DAY, newest + AHEAD_DAYS * DAY)
+            except StoreError as exc:  # the default partition takes them meanwhile
+                log.warning("%s: day partitions not made (%s)", self.location, exc)
+        super().add_many(items, wait)
+
+    def _bucket(self, event: SecurityEvent) -> tuple[float, ...]:
+        # A quarantined message's event must outlive expiry from the start.
+        return (KEPT if event.action == "quarantine" else event.time,)
+
+    def _keep(self, tx: Tx, event_id: str) -> None:
+        for table, column in (("events", "id"), ("event_rcpts", "event_id"),
+                              ("event_symbols", "event_id"), ("retained", "event_id")):  # fmt: skip
+            tx.execute(f"UPDATE {table} SET bucket = ? WHERE {column} = ? AND bucket < ?",
+                       (KEPT, event_id, KEPT))  # fmt: skip
+
+    def purge(self, now: float | None = None, events_before: float | None = None) -> dict[str, int]:
+        """As the other store, but old events go by whole day partitions (dropped), then
+        the rows older than ``events_before`` left in its day; labelled and held events are
+        in the kept partition and stay."""
+        if events_before is None:
+            return super().purge(now, None)
+        counts = super().purge(now, None)
+        dropped = 0
+        for name, day in self._day_partitions():
+            if day + DAY > events_before:
+                continue
+            with self.transaction() as tx:
+                dropped += tx.execute(f"SELECT count(*) AS n FROM events_{name}").fetchone()["n"]
+                for table in PARTITIONED:
+                    tx.execute(f"DROP TABLE IF EXISTS {table}_{name}")
+        with self.transaction() as tx:
+            rows = tx.execute(
+                "DELETE FROM events WHERE time < ? AND bucket < ?", (events_before, KEPT)
+            ).rowcount
+            for table in PARTITIONED[1:]:
+                tx.execute(f"DELETE FROM {table} WHERE time < ? AND bucket < ?",
+                           (events_before, KEPT))  # fmt: skip
+        counts["events"] = int(dropped + rows)
+        return counts
+
+    def _day_partitions(self) -> list[tuple[str, float]]:
+        """(suffix, start of the day) of the events table's day partitions."""
+        rows = self.query(
+            "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events'"
+        )
+        days = []
+        for row in rows:
+            match = re.fullmatch(r"events_(p\d{8})", row["name"])
+            if match:
+                day = calendar.timegm(time.strptime(match.group(1), "p%Y%m%d"))
+                days.append((match.group(1), float(day)))
+        return sorted(days, key=lambda d: d[1])
 
     def schema_version(self) -> int:
         """The newest migration applied (0: none)."""
@@ -207,7 +322,8 @@ class PostgresStore(Store):
         )
 
     def migrate(self) -> list[int]:
-        """Apply the migrations not applied yet, each in its own transaction; which ran."""
+        """Apply the migrations not applied yet, each in its own transaction, then make the
+        day partitions of the coming days; which migrations ran."""
         applied = []
         with self.transaction() as tx:
             tx.execute(
@@ -227,6 +343,7 @@ class PostgresStore(Store):
             except (psycopg.Error, PoolTimeout) as exc:
                 raise StoreError(f"{self.location}: migration {version}: {exc}") from exc
             applied.append(version)
+        self.ensure_partitions(time.time() - DAY, time.time() + AHEAD_DAYS * DAY)
         return applied
 
     @contextmanager
