@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.cli.common import (
     Subparsers,
@@ -151,10 +152,12 @@ async def _rules_replay(args: argparse.Namespace) -> int:
     from gateway.policy.replay import replay
 
     settings = _rules_settings(args, [args.rules])
-    # Only the rules and the policy run in a replay: the checks' findings are the stored ones.
-    settings = settings.model_copy(
-        update={"checks": {n: {"enabled": False} for n in _check_names()}}
-    )
+    # Only the rules and the policy decide in a replay: the checks' findings are the stored
+    # ones. The content check stays as configured: it inspects attachments again (true
+    # types, archive members) for the rules that test them (gateway/policy/replay.py).
+    checks: dict[str, Any] = {n: {"enabled": False} for n in _check_names()}
+    checks["content"] = dict(settings.check_section("content"))
+    settings = settings.model_copy(update={"checks": checks})
     pipeline = Pipeline.from_settings(settings)
     store = SqliteStore(Path(args.events)) if args.events else open_store(settings.store)
     bar = tqdm(desc="replay", unit="msg", disable=None if not args.json else True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,12 @@ def _stored_findings(event: SecurityEvent) -> list[Finding]:
     ]
 
 
+def _allowed_by_all(allows: dict[str, set[str]], rcpts: Sequence[str]) -> set[str]:
+    """The senders every recipient allows."""
+    sets = [allows.get(r.lower(), set()) for r in rcpts]
+    return set.intersection(*sets) if sets else set()
+
+
 def _errs(label: str | None, action: str) -> tuple[bool, bool]:
     """(false positive, false negative) of an action given an analyst label."""
     if label is None:
@@ -81,10 +87,15 @@ async def replay(
 ) -> ReplayReport:
     """Evaluate ``pipeline``'s rules and policy over retained messages, against what happened.
 
-    The checks are not run again (no clamd, no DNS): their recorded findings are used, so a
-    replay measures the rules alone, fast, on exactly the evidence the gateway had.
+    The checks' recorded findings are used (no clamd, no DNS), so a replay measures the rules
+    on the evidence the gateway had. What rules see beyond findings is rebuilt as the gateway
+    had it: the content check inspects the attachments again (local work: true types and
+    archive members, for rules that test them; its findings stay the recorded ones), and the
+    senders the recipients allow now are those the rules see.
     """
     rows = list(store.retained_messages(since, until))
+    content = next((c for c in pipeline.checks if c.name == "content"), None)
+    allows = store.sender_allows()
     report = ReplayReport()
     started = time.perf_counter()
     fp_before = fp_after = fn_before = fn_after = 0
@@ -97,6 +108,9 @@ async def replay(
                 mail_options=("BODY=8BITMIME",),
             )
         )  # fmt: skip
+        if content is not None:
+            await content.run(ctx)  # fills ctx.inspected_files
+        ctx.allowed_senders.update(_allowed_by_all(allows, event.rcpts))
         findings = _stored_findings(event)
         hits = pipeline.rules.evaluate(ctx, findings) if pipeline.rules else []
         verdict = pipeline.policy.decide([*findings, *(h.finding() for h in hits)], event.rcpts)

@@ -145,3 +145,70 @@ def test_rules_reload_command_signals_the_running_gateway(tmp_path, capsys):
         assert received == [True]
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+ATTACHMENT_RULES = """\
+rules:
+  - name: R_ZIP_TRUE_TYPE
+    description: hold every zip (its true type, whatever its name)
+    owner: tests
+    mode: active
+    when: {attachment_true_type: {contains: zip}}
+    least: quarantine
+  - name: R_BIN_IN_ARCHIVE
+    description: refuse a .bin inside an archive
+    owner: tests
+    mode: active
+    when: {archive_member: {ends_with: .bin}}
+    action: reject
+"""
+
+
+def with_zip(subject: str, member: str) -> bytes:
+    import email.policy
+    import email.utils
+    import io
+    import zipfile
+    from email.message import EmailMessage
+
+    payload = io.BytesIO()
+    with zipfile.ZipFile(payload, "w") as archive:
+        archive.writestr(member, b"quarterly figures, as agreed\n" * 20)
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "a@sender.test", "bob@example.test", subject
+    mail["Date"] = email.utils.formatdate()
+    mail["Message-ID"] = email.utils.make_msgid(domain="sender.test")
+    mail.set_content("See the attachment.")
+    mail.add_attachment(payload.getvalue(), maintype="application", subtype="zip",
+                        filename="scan.zip")  # fmt: skip
+    return mail.as_bytes(policy=email.policy.SMTP)
+
+
+@pytest.fixture
+async def zip_history(sink, config_factory):
+    """Three messages in the store, two with a zip attached (one holding a .bin)."""
+    rules = {"enabled": True, "paths": [str(RULES / "replay_old")]}
+    config = config_factory(sink.port, rules=rules, store={"retain_sample_rate": 1.0})
+    async with (
+        running_gateway(config) as gw,
+        aiosmtplib.SMTP(hostname="127.0.0.1", port=gw.port, timeout=10) as client,
+    ):
+        for subject, member in (("scan one", "notes.txt"), ("scan two", "payload.bin")):
+            await client.sendmail("a@sender.test", ["bob@example.test"], with_zip(subject, member))
+        await client.sendmail("a@sender.test", ["bob@example.test"], message(subject="plain"))
+    return config
+
+
+def test_replay_sees_attachment_true_types_and_archive_members(zip_history, tmp_path, capsys):
+    """Rules on what only the content check knows match in replay as at the gateway."""
+    candidate = tmp_path / "candidate"
+    candidate.mkdir()
+    (candidate / "rules.yaml").write_text(ATTACHMENT_RULES)
+    assert main(["rules", "replay", "--config", str(zip_history), str(candidate), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["messages"] == 3, report
+    # Both zips are held by their true type; the one with a .bin inside is refused.
+    assert report["directions"] == {"accept -> quarantine": 1, "accept -> reject": 1}, report
+    assert report["rules_in_changes"] == {"R_ZIP_TRUE_TYPE": 2, "R_BIN_IN_ARCHIVE": 1}
+    changed = {e["subject"]: e["after"] for e in report["examples"]}
+    assert changed == {"scan one": "quarantine", "scan two": "reject"}
