@@ -9,6 +9,7 @@ from gateway.checks.classifier import ClassifierCheck
 from gateway.checks.content import ContentCheck
 from gateway.checks.headers import HeadersCheck
 from gateway.checks.protocol import ProtocolCheck
+from gateway.checks.reputation import ReputationCheck
 
 REGISTRY: tuple[type[Check], ...] = (
     ProtocolCheck,
@@ -16,6 +17,7 @@ REGISTRY: tuple[type[Check], ...] = (
     AntivirusCheck,
     ContentCheck,
     AuthCheck,
+    ReputationCheck,
     ClassifierCheck,
 )
 
