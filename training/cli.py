@@ -176,6 +176,13 @@ def _print_evaluation(result: dict[str, Any]) -> None:
         f"test split: {result['n_ham']} ham, {result['n_spam']} spam; "
         f"target FPR {result['target_fpr']:.3%}"
     )
+    overlap = result["training_overlap"]
+    if overlap["excluded"]:
+        print(f"left out: {overlap['excluded']} test messages a model was trained on "
+              "(they would flatter it)")  # fmt: skip
+    for model_id in overlap["unknown_for"]:
+        print(f"warning: {model_id} keeps no record of its training messages: an overlap "
+              "with this test split cannot be seen")  # fmt: skip
     print(f"{'model':<34} {'AUC':>8} {'r@0.1%':>7} {'r@1%':>7} {'FPR':>8} {'FNR':>8}  confusion")
     for role, m in result["models"].items():
         c = m["confusion"]

@@ -98,14 +98,18 @@ def from_events(store: Store, since: float | None, until: float | None) -> Itera
         )
 
 
+def content_key(features: Features) -> str:
+    """What two copies of one message share, however they were collected (a corpus file,
+    an event's snapshot): the hash of its text and tokens."""
+    return hashlib.sha256((features.text + "\0" + " ".join(features.tokens)).encode()).hexdigest()
+
+
 def deduplicate(records: Iterable[Record]) -> list[Record]:
     """Keep the first of records with the same features (reposts, retries, duplicates)."""
     seen: set[str] = set()
     unique = []
     for record in records:
-        key = hashlib.sha256(
-            (record.features.text + "\0" + " ".join(record.features.tokens)).encode()
-        ).hexdigest()
+        key = content_key(record.features)
         if key not in seen:
             seen.add(key)
             unique.append(record)

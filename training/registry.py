@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,23 @@ from gateway.ml.model import CURRENT_FILE, load_model, read_metadata
 
 HISTORY_FILE = "HISTORY"
 EVALUATION_FILE = "evaluation.json"
+# The content keys (dataset.content_key) of a model's training messages, one per line,
+# gzipped: evaluate leaves them out of a test set (an overlap would flatter the model).
+TRAINING_KEYS_FILE = "training-keys.txt.gz"
+
+
+def write_training_keys(directory: Path, keys: Iterable[str]) -> None:
+    """Record what a model was trained on."""
+    data = "".join(f"{key}\n" for key in sorted(set(keys))).encode()
+    (directory / TRAINING_KEYS_FILE).write_bytes(gzip.compress(data, mtime=0))
+
+
+def training_keys(directory: Path) -> set[str] | None:
+    """What a model was trained on; None for a model trained before keys were kept."""
+    path = directory / TRAINING_KEYS_FILE
+    if not path.exists():
+        return None
+    return set(gzip.decompress(path.read_bytes()).decode().split())
 
 
 def current_id(models: Path) -> str | None:

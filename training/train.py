@@ -19,7 +19,9 @@ from tqdm import tqdm
 from gateway.ml.features import FEATURE_VERSION
 from gateway.ml.model import MODEL_FILE, build_pipeline, library_versions, sha256_of
 from training import dataset as datasets
+from training.dataset import content_key
 from training.metrics import summary, threshold_for_fpr
+from training.registry import write_training_keys
 
 CARD = """# Model {id}
 
@@ -83,6 +85,7 @@ def train(
     directory = models / model_id
     directory.mkdir(parents=True)
     joblib.dump(pipeline, directory / MODEL_FILE, compress=3)
+    write_training_keys(directory, (content_key(r.features) for r in records))
     counts = Counter(r.label for r in records)
     times = [r.time for r in records if r.time > 0]
     window = (

@@ -248,3 +248,33 @@ def test_learn_watch_turns_junk_moves_into_labels(config, tmp_path, capsys):
     assert sample.message_id == "<never@x.test>"
     assert store.current_label(sample.id).label == "spam"
     store.close()
+
+
+def test_evaluate_leaves_out_the_messages_a_model_was_trained_on(small_corpus, config, tmp_path,
+                                                                 capsys):  # fmt: skip
+    """A test split that overlaps the training data would flatter the model: left out."""
+    cfg = ["--config", str(config)]
+    first, second = tmp_path / "ds" / "one.jsonl.gz", tmp_path / "ds" / "two.jsonl.gz"
+    for path, seed in ((first, "1"), (second, "2")):  # two random splits of the same mail
+        assert main(["model", "dataset", *cfg, "--corpus", str(small_corpus / "folders"),
+                     "--split", "seed", "--seed", seed, "--out", str(path)]) == 0  # fmt: skip
+    assert main(["model", "train", *cfg, str(first), "--name", "one"]) == 0
+    model = next(p.name for p in (tmp_path / "models").iterdir() if p.name.startswith("one-"))
+    trained = {datasets.content_key(r.features) for r in datasets.read(first) if r.split == "train"}
+    test = [r for r in datasets.read(second) if r.split == "test"]
+    overlapping = sum(datasets.content_key(r.features) in trained for r in test)
+    assert 0 < overlapping < len(test)
+    capsys.readouterr()
+    assert main(["model", "evaluate", *cfg, model, "--on", str(second), "--against", model]) == 0
+    out = capsys.readouterr().out
+    assert f"left out: {overlapping} test messages a model was trained on" in out
+    evaluation = json.loads((tmp_path / "models" / model / "evaluation.json").read_text())
+    assert evaluation["training_overlap"] == {"excluded": overlapping, "unknown_for": []}
+    assert evaluation["n_ham"] + evaluation["n_spam"] == len(test) - overlapping
+    # Evaluated on its own training split: nothing is left to test, and it says why.
+    trained_only = tmp_path / "ds" / "trained.jsonl.gz"
+    records = [replace(r, split="test") for r in datasets.read(first) if r.split == "train"]
+    datasets.write(records, trained_only, {})
+    assert main(["model", "evaluate", *cfg, model, "--on", str(trained_only),
+                 "--against", model]) == 2  # fmt: skip
+    assert "once the messages the models were trained on are left out" in capsys.readouterr().err
