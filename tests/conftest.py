@@ -248,3 +248,22 @@ def postgres_url(postgres_server: Any) -> str:
     finally:
         store.close()
     return url
+
+
+HOLD_RULE = """\
+rules:
+  - name: TEST_HOLD
+    description: holds what says so
+    owner: test
+    mode: active
+    when:
+      subject: {contains: "hold me"}
+    score: 11
+"""
+
+
+def hold_rules(directory: Path) -> Path:
+    """A rules directory whose one rule quarantines mail with "hold me" in the subject."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hold.yaml").write_text(HOLD_RULE)
+    return directory

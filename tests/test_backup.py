@@ -19,12 +19,13 @@ from tests.cli_helpers import run_cli
 from tests.conftest import message, write_config
 
 
-def site(root: Path) -> Path:
-    """A config whose store, rules and registry all live under ``root``."""
+def site(root: Path, url: str = "") -> Path:
+    """A config whose store (or its quarantine, with a PostgreSQL ``url``), rules and
+    registry all live under ``root``."""
     rules = root / "rules"
     shutil.copytree(PROJECT_ROOT / "rules", rules)
     return write_config(root / "mailmoat.toml", {
-        "store": {"path": str(root / "store")},
+        "store": {"path": str(root / "store"), "url": url},
         "rules": {"paths": [str(rules)]},
         "checks.classifier": {"models_dir": str(root / "models")},
         "training": {"models_dir": str(root / "models")},
@@ -128,17 +129,6 @@ def test_nothing_to_back_up_is_said(tmp_path, missing):
     assert "nothing to back up" in err
 
 
-def pg_site(root: Path, url: str) -> Path:
-    rules = root / "rules"
-    shutil.copytree(PROJECT_ROOT / "rules", rules)
-    return write_config(root / "mailmoat.toml", {
-        "store": {"path": str(root / "store"), "url": url},
-        "rules": {"paths": [str(rules)]},
-        "checks.classifier": {"models_dir": str(root / "models")},
-        "training": {"models_dir": str(root / "models")},
-    })  # fmt: skip
-
-
 def test_round_trip_of_the_postgres_store_with_pg_dump(tmp_path, postgres_server, postgres_url):
     """pg_dump into the archive, pg_restore into an empty database: everything comes back."""
     from gateway.store.postgres import PostgresStore
@@ -158,14 +148,14 @@ def test_round_trip_of_the_postgres_store_with_pg_dump(tmp_path, postgres_server
     )  # fmt: skip
     store.close()
     shutil.copytree(PROJECT_ROOT / "models", old / "models")
-    config = pg_site(old, postgres_url)
+    config = site(old, postgres_url)
     code, _, err = run_cli(["backup", "--config", str(config), "--to", str(tmp_path / "b")])
     assert code == 0, err
     [archive] = (tmp_path / "b").glob("mailmoat-backup-*.tar.gz")
     with tarfile.open(archive) as tar:
         assert "store/postgres.dump" in tar.getnames()
     empty = postgres_server.new_database()  # never migrated: the dump brings the schema
-    restored_config = pg_site(new, empty)
+    restored_config = site(new, empty)
     shutil.rmtree(new / "rules")
     code, _, err = run_cli(["restore", "--config", str(restored_config), str(archive)])
     assert code == 0, err

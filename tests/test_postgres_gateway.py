@@ -13,24 +13,11 @@ import pytest
 
 from gateway.events import EventFilter
 from gateway.store.postgres import PostgresStore
-from tests.conftest import message, running_gateway, send_message
-
-HOLD = """\
-rules:
-  - name: TEST_HOLD
-    description: holds what says so
-    owner: test
-    mode: active
-    when:
-      subject: {contains: "hold me"}
-    score: 11
-"""
+from tests.conftest import hold_rules, message, running_gateway, send_message
 
 
 def pg_config(config_factory, sink, url, tmp_path):
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "hold.yaml").write_text(HOLD)
+    rules = hold_rules(tmp_path / "rules")
     return config_factory(sink.port, store={"path": str(tmp_path / "shared"), "url": url,
                                             "timeout": 1.0},
                           rules={"enabled": True, "paths": [str(rules)]})  # fmt: skip

@@ -29,26 +29,14 @@ from gateway.events import EventFilter
 from gateway.store.postgres import PostgresStore
 from gateway.web.app import create_app
 from gateway.web.security import hash_password
-from tests.conftest import free_port, message
+from tests.conftest import free_port, hold_rules, message
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery"
-HOLD = """\
-rules:
-  - name: TEST_HOLD
-    description: holds what says so
-    owner: test
-    mode: active
-    when:
-      subject: {contains: "hold me"}
-    score: 11
-"""
 
 
 def node_config(config_factory, sink, tmp_path, name, postgres_url, redis_url):
-    rules = tmp_path / "rules"
-    rules.mkdir(exist_ok=True)
-    (rules / "hold.yaml").write_text(HOLD)
+    rules = hold_rules(tmp_path / "rules")
     port = free_port()
     written = config_factory(
         sink.port,

@@ -548,27 +548,14 @@ def test_a_held_message_is_shown_parsed_links_and_attachments_explained(console,
     context.close()
 
 
-def test_a_mailbox_owner_releases_from_the_digest_link_without_an_account(console, browser, sink,
-                                                                         tmp_path):  # fmt: skip
-    """Held -> digest at the sink -> the link in headless Chromium -> the message arrives."""
+def send_digests(console, sink, tmp_path, recipient):
+    """`mailmoat quarantine digest` as cron would run it; the text of ``recipient``'s digest."""
     import email
     import email.policy
-    import re as regex
     import subprocess
     import sys
 
     base, settings = console
-    _, handler = sink
-    store = store_of(settings)
-    held = Quarantine(settings.store.quarantine_dir, store)
-    for n, subject in enumerate(("Quarterly figures", "Lottery win")):
-        event_id = f"{0xB0 + n:016x}.1"
-        raw = message(subject=subject, To="carol@example.test")
-        event = SecurityEvent(id=event_id, kind="message", subject=subject, action="quarantine",
-                              rcpts=("carol@example.test",))  # fmt: skip
-        store.add(event, Retained(raw, None, None))
-        held.hold(event_id, "a@sender.test", ("carol@example.test",), subject, 11.0, "score", raw)
-    store.close()
     config = write_config(tmp_path / "digest.toml", {
         "store": {"path": str(settings.store.path)},
         "backend": {"kind": "smtp", "host": "127.0.0.1", "port": sink[0].port},
@@ -581,11 +568,31 @@ def test_a_mailbox_owner_releases_from_the_digest_link_without_an_account(consol
         cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "carol@example.test: 2 held" in done.stdout
-    [digest] = [m for m in handler.messages
-                if b"held for you" in m.data and m.rcpts == ["carol@example.test"]]  # fmt: skip
+    [digest] = [m for m in sink[1].messages
+                if b"held for you" in m.data and m.rcpts == [recipient]]  # fmt: skip
     text = email.message_from_bytes(digest.data, policy=email.policy.default)
-    body = text.get_body(("plain",)).get_content()
+    return done.stdout, text.get_body(("plain",)).get_content()
+
+
+def test_a_mailbox_owner_releases_from_the_digest_link_without_an_account(console, browser, sink,
+                                                                         tmp_path):  # fmt: skip
+    """Held -> digest at the sink -> the link in headless Chromium -> the message arrives."""
+    import re as regex
+
+    _, settings = console
+    _, handler = sink
+    store = store_of(settings)
+    held = Quarantine(settings.store.quarantine_dir, store)
+    for n, subject in enumerate(("Quarterly figures", "Lottery win")):
+        event_id = f"{0xB0 + n:016x}.1"
+        raw = message(subject=subject, To="carol@example.test")
+        event = SecurityEvent(id=event_id, kind="message", subject=subject, action="quarantine",
+                              rcpts=("carol@example.test",))  # fmt: skip
+        store.add(event, Retained(raw, None, None))
+        held.hold(event_id, "a@sender.test", ("carol@example.test",), subject, 11.0, "score", raw)
+    store.close()
+    out, body = send_digests(console, sink, tmp_path, "carol@example.test")
+    assert "carol@example.test: 2 held" in out
     section = body.split("Quarterly figures", 1)[1]
     release = regex.search(r"release: (\S+)", section).group(1)
     delete = regex.search(r"delete: +(\S+)", body.split("Lottery win", 1)[1]).group(1)
@@ -652,8 +659,6 @@ def test_a_mailbox_owner_allows_a_sender_and_signs_in_to_their_own_quarantine(
     import email
     import email.policy
     import re as regex
-    import subprocess
-    import sys
 
     base, settings = console
     _, handler = sink
@@ -661,22 +666,7 @@ def test_a_mailbox_owner_allows_a_sender_and_signs_in_to_their_own_quarantine(
         settings, "dave@example.test", ("Newsletter", "Invoice", "Party"), 0xA0
     )
     [other_id] = held_for(settings, "erin@example.test", ("Not yours",), 0xA8)
-    config = write_config(tmp_path / "digest.toml", {
-        "store": {"path": str(settings.store.path)},
-        "backend": {"kind": "smtp", "host": "127.0.0.1", "port": sink[0].port},
-        "server": {"accept_domains": ["example.test"], "hostname": "mx.test"},
-        "web": {"secret_file": str(settings.web.secret_file), "public_url": base},
-    })  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "quarantine", "digest", "--config", str(config),
-         "--since", "1h"], capture_output=True, text=True, timeout=120, check=False,
-        cwd=Path(__file__).resolve().parents[2],
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    [digest] = [m for m in handler.messages
-                if b"held for you" in m.data and m.rcpts == ["dave@example.test"]]  # fmt: skip
-    body = email.message_from_bytes(digest.data, policy=email.policy.default)
-    text = body.get_body(("plain",)).get_content()
+    _, text = send_digests(console, sink, tmp_path, "dave@example.test")
     allow = regex.search(r"always allow sender: (\S+)", text.split("Newsletter", 1)[1]).group(1)
     signin = regex.search(r"All your held messages: (\S+)", text).group(1)
 
