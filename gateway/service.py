@@ -33,7 +33,6 @@ from gateway.quarantine import Quarantine
 from gateway.ratelimit import RateLimits
 from gateway.relay import Backend, Reply, deliver, make_backend
 from gateway.services import Services
-from gateway.shared_state import SharedState
 from gateway.smtp.recipients import RecipientMap
 from gateway.store import Store, open_store
 from gateway.types import Action
@@ -97,7 +96,8 @@ class Gateway:
         self.recipients = recipient_map(settings)
         self.metrics = Metrics()
         # Rate limits and greylisting count in Redis when configured (shared_state.py).
-        self.shared = SharedState(settings.redis, self.metrics.shared_fallbacks_of)
+        self.shared = self.services.shared(settings.redis)
+        self.shared.on_fallback = self.metrics.shared_fallbacks_of
         self.ratelimits = RateLimits(settings.ratelimit, self.shared)
         self.greylist = Greylist(settings.greylist, self.shared)
         self.store = open_store(settings.store, checkpoint_every=CHECKPOINT_EVERY)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from gateway.auth.dmarc import KnownPolicies
 from gateway.clients.clamd import ClamdClient
 from gateway.clients.dns import DnsClient
-from gateway.config import ClamdConfig, DnsConfig
+from gateway.config import ClamdConfig, DnsConfig, RedisConfig
+from gateway.shared_state import SharedState
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Services:
     known_policies: KnownPolicies = field(default_factory=KnownPolicies)
     _dns: dict[str, DnsClient] = field(default_factory=dict)
     _clamd: dict[str, ClamdClient] = field(default_factory=dict)
+    _shared: dict[str, SharedState] = field(default_factory=dict)
 
     def dns(self, config: DnsConfig) -> DnsClient:
         """The resolver for ``config``: the same object (and cache) while it is unchanged."""
@@ -40,3 +42,11 @@ class Services:
                 )
             }
         return self._clamd[key]
+
+    def shared(self, config: RedisConfig) -> SharedState:
+        """The shared state (Redis, or this process's memory) for ``config``, kept while it
+        is unchanged: rate limits, greylisting and the bulk check count in it."""
+        key = config.model_dump_json()
+        if key not in self._shared:
+            self._shared = {key: SharedState(config)}
+        return self._shared[key]

@@ -72,6 +72,19 @@ return math.ceil(wait)
 """
 
 
+# KEYS: counters. ARGV[1]: their lifetime (seconds, from the first count). Each is counted
+# once; the largest count is returned.
+COUNT = """
+local most = 0
+for _, key in ipairs(KEYS) do
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('EXPIRE', key, tonumber(ARGV[1])) end
+  if n > most then most = n end
+end
+return most
+"""
+
+
 class State(Protocol):
     """What rate limits and greylisting ask of the shared state."""
 
@@ -83,6 +96,10 @@ class State(Protocol):
         """Seconds the triplet ``key`` must still wait; 0 when it passes."""
         ...
 
+    async def count(self, keys: list[str], ttl: float) -> int:
+        """Count one more on each key (forgotten ``ttl`` seconds after its first); the most."""
+        ...
+
 
 class LocalState:
     """One worker's counts, in memory: exact on one process, bounded in size."""
@@ -91,6 +108,7 @@ class LocalState:
         self.entries = entries
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self.triplets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # first/expiry
+        self.counters: OrderedDict[str, tuple[int, float]] = OrderedDict()  # count/expiry
 
     def _keep(self, table: OrderedDict[str, Any], key: str, value: Any) -> None:
         table[key] = value
@@ -105,6 +123,15 @@ class LocalState:
         taken = tokens >= 1
         self._keep(self.buckets, key, (tokens - 1 if taken else tokens, now))
         return taken
+
+    async def count(self, keys: list[str], ttl: float) -> int:
+        now, most = time.time(), 0
+        for key in keys:
+            n, expires = self.counters.get(key, (0, now + ttl))
+            n, expires = (1, now + ttl) if expires <= now else (n + 1, expires)
+            self._keep(self.counters, key, (n, expires))
+            most = max(most, n)
+        return most
 
     async def greylist(self, key: str, delay: float, window: float, ttl: float) -> int:
         now = time.time()
@@ -135,6 +162,7 @@ class RedisState:
         )
         self.take_script = self.client.register_script(TAKE)
         self.greylist_script = self.client.register_script(GREYLIST)
+        self.count_script = self.client.register_script(COUNT)
 
     async def take(self, key: str, per_second: float, burst: int) -> bool:
         taken = await self.take_script(keys=[f"{self.prefix}rl:{key}"], args=[per_second, burst])
@@ -143,6 +171,10 @@ class RedisState:
     async def greylist(self, key: str, delay: float, window: float, ttl: float) -> int:
         keys = [f"{self.prefix}gl:{key}"]
         return int(await self.greylist_script(keys=keys, args=[delay, int(window), int(ttl)]))
+
+    async def count(self, keys: list[str], ttl: float) -> int:
+        named = [f"{self.prefix}n:{key}" for key in keys]
+        return int(await self.count_script(keys=named, args=[max(1, int(ttl))]))
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
@@ -202,6 +234,9 @@ class SharedState:
 
     async def greylist(self, key: str, delay: float, window: float, ttl: float) -> int:
         return await self._run("greylist", lambda s: s.greylist(key, delay, window, ttl))
+
+    async def count(self, keys: list[str], ttl: float) -> int:
+        return await self._run("count", lambda s: s.count(keys, ttl))
 
     async def problem(self) -> str | None:
         """Why Redis is not in use (for /readyz's mailmoat_up), or None."""

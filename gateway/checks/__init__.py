@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.checks.antivirus import AntivirusCheck
 from gateway.checks.auth import AuthCheck
 from gateway.checks.base import Check
+from gateway.checks.bulk import BulkCheck
 from gateway.checks.classifier import ClassifierCheck
 from gateway.checks.content import ContentCheck
 from gateway.checks.headers import HeadersCheck
@@ -18,6 +19,7 @@ REGISTRY: tuple[type[Check], ...] = (
     ContentCheck,
     AuthCheck,
     ReputationCheck,
+    BulkCheck,
     ClassifierCheck,
 )
 
