@@ -45,9 +45,17 @@ def add_model_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     tr.add_argument("dataset")
     tr.add_argument("--name", default="mailmoat", help="id prefix")
     ev = msub.add_parser("evaluate", parents=[common], help="report on held-out data")
-    ev.add_argument("candidate")
+    ev.add_argument("candidate", nargs="?")
     ev.add_argument("--against", default="current", help="'current' or a model id")
-    ev.add_argument("--on", dest="dataset", required=True, metavar="DATASET")
+    ev.add_argument("--on", dest="dataset", metavar="DATASET")
+    ev.add_argument(
+        "--cross",
+        action="store_true",
+        help="train on some sources of a corpus, test on others (with a baseline)",
+    )
+    ev.add_argument("--corpus", help="for --cross: folders, an mbox or a .tar.gz of labelled mail")
+    ev.add_argument("--splits", type=int, metavar="N", help="for --cross: the first N splits")
+    ev.add_argument("--json", action="store_true", help="for --cross: JSON")
     pr = msub.add_parser("promote", parents=[common], help="put a candidate in service")
     pr.add_argument("id")
     pr.add_argument("--force", action="store_true", help="even if worse than the model in service")
@@ -95,7 +103,11 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
               f"recall@0.1% {oof['recall_at_fpr_0.1%']:.4f}")  # fmt: skip
         print(f"next: mailmoat model evaluate {model_id} --on {args.dataset}")
         return 0
+    if command == "evaluate" and args.cross:
+        return _cross(args)
     if command == "evaluate":
+        if not args.candidate or not args.dataset:
+            raise ConfigError("model evaluate needs a CANDIDATE and --on DATASET (or --cross)")
         result = evaluate(args.candidate, models, Path(args.dataset), args.against, cfg.reports_dir,
                           cfg.target_fpr)  # fmt: skip
         _print_evaluation(result)
@@ -168,6 +180,30 @@ def _dataset(args: argparse.Namespace, settings: Settings) -> int:
         f"wrote {out}: {json.dumps(summary['counts'])}, "
         f"{summary['duplicates_dropped']} duplicates dropped"
     )
+    return 0
+
+
+def _cross(args: argparse.Namespace) -> int:
+    """``model evaluate --cross``: both models on every cross-source split of the corpus."""
+    from training.cross import cross
+
+    if not args.corpus:
+        raise ConfigError("--cross needs --corpus PATH (folders named like easy_ham, spam_2...)")
+    results = cross(Path(args.corpus), args.splits)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    if not results:
+        raise ConfigError(
+            f"{args.corpus}: no split with spam and ham on both sides (it needs folders"
+            " named like easy_ham, hard_ham, spam, spam_2, or dated mail)"
+        )
+    print(f"{'split / model':<58} {'AUC':>8} {'r@0.1%':>7} {'r@1%':>7} {'hamFPR@90%':>10}")
+    for result in results:
+        print(f"{result['split']} ({result['train']} train, {result['test']} test)")
+        for name, m in result["models"].items():
+            print(f"  {name:<56} {m['auc']:>8.5f} {m['recall_at_0.1%']:>7.4f} "
+                  f"{m['recall_at_1%']:>7.4f} {m['ham_fpr_at_90%_caught']:>10.4%}")  # fmt: skip
     return 0
 
 

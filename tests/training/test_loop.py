@@ -278,3 +278,33 @@ def test_evaluate_leaves_out_the_messages_a_model_was_trained_on(small_corpus, c
     assert main(["model", "evaluate", *cfg, model, "--on", str(trained_only),
                  "--against", model]) == 2  # fmt: skip
     assert "once the messages the models were trained on are left out" in capsys.readouterr().err
+
+
+def test_cross_source_evaluation_trains_on_some_sources_and_tests_on_others(tmp_path, capsys):
+    """`model evaluate --cross`: every split the folders allow, the model beside the baseline."""
+    messages = load_corpus()
+    root = tmp_path / "corpus"
+    picks = {"easy_ham": [m for m in messages if m[0].startswith("easy-ham-1")][:40],
+             "hard_ham": [m for m in messages if m[0].startswith("hard-ham")][:40],
+             "spam": [m for m in messages if m[0].startswith("spam-1")][:40],
+             "spam_2": [m for m in messages if m[0].startswith("spam-2")][:40]}  # fmt: skip
+    for folder, items in picks.items():
+        (root / folder).mkdir(parents=True)
+        for n, (_, raw) in enumerate(items):
+            (root / folder / f"{n:03d}.eml").write_bytes(raw)
+    assert main(["model", "evaluate", "--cross", "--corpus", str(root), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    names = [r["split"] for r in results]
+    assert names[0] == "sources: easy_ham + spam -> hard_ham + spam_2"
+    assert names[1] == "by period: older 70% -> newest 30%"
+    assert sorted(names[2:]) == sorted(f"leave out {h} + {s}" for h in ("easy_ham", "hard_ham")
+                                       for s in ("spam", "spam_2"))  # fmt: skip
+    first = results[0]
+    assert (first["train"], first["test"]) == (80, 80)
+    assert set(first["models"]) == {"Mailmoat model", "baseline TF-IDF + LR"}
+    for figures in first["models"].values():
+        assert 0.0 <= figures["auc"] <= 1.0
+        assert 0.0 <= figures["ham_fpr_at_90%_caught"] <= 1.0
+    # Without --corpus, or on mail whose folders say nothing, it says what it needs.
+    assert main(["model", "evaluate", "--cross"]) == 2
+    assert "--cross needs --corpus" in capsys.readouterr().err
