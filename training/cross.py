@@ -94,7 +94,13 @@ def splits(messages: list[Message]) -> Iterator[Split]:
             for s in spam:
                 candidates.append(split(f"leave out {h} + {s}",
                                         lambda m, h=h, s=s: m.folder in (h, s)))  # type: ignore[misc]  # fmt: skip
-    yield from (c for c in candidates if c is not None)
+    seen: set[frozenset[int]] = set()
+    for candidate in candidates:  # a split testing the same messages as an earlier one: once
+        if candidate is not None:
+            tested = frozenset(id(m) for m in candidate.test)
+            if tested not in seen:
+                seen.add(tested)
+                yield candidate
 
 
 def figures(labels: np.ndarray[Any, Any], scores: np.ndarray[Any, Any]) -> dict[str, float]:

@@ -297,8 +297,9 @@ def test_cross_source_evaluation_trains_on_some_sources_and_tests_on_others(tmp_
     names = [r["split"] for r in results]
     assert names[0] == "sources: easy_ham + spam -> hard_ham + spam_2"
     assert names[1] == "by period: older 70% -> newest 30%"
-    assert sorted(names[2:]) == sorted(f"leave out {h} + {s}" for h in ("easy_ham", "hard_ham")
-                                       for s in ("spam", "spam_2"))  # fmt: skip
+    # The pair hard_ham + spam_2 is the first split already: not tested twice.
+    assert sorted(names[2:]) == ["leave out easy_ham + spam", "leave out easy_ham + spam_2",
+                                 "leave out hard_ham + spam"]  # fmt: skip
     first = results[0]
     assert (first["train"], first["test"]) == (80, 80)
     assert set(first["models"]) == {"Mailmoat model", "baseline TF-IDF + LR"}
