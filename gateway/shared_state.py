@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -72,17 +73,28 @@ return math.ceil(wait)
 """
 
 
-# KEYS: counters. ARGV[1]: their lifetime (seconds, from the first count). Each is counted
-# once; the largest count is returned.
+# KEYS: per key a counter, then its set of members (a HyperLogLog). ARGV: the lifetime
+# (seconds, from the first count) and the member. Each is counted once; returns the largest
+# count and the largest number of distinct members.
 COUNT = """
-local most = 0
-for _, key in ipairs(KEYS) do
-  local n = redis.call('INCR', key)
-  if n == 1 then redis.call('EXPIRE', key, tonumber(ARGV[1])) end
+local most, distinct = 0, 0
+for i = 1, #KEYS, 2 do
+  local n = redis.call('INCR', KEYS[i])
+  redis.call('PFADD', KEYS[i + 1], ARGV[2])
+  if n == 1 then
+    redis.call('EXPIRE', KEYS[i], tonumber(ARGV[1]))
+    redis.call('EXPIRE', KEYS[i + 1], tonumber(ARGV[1]))
+  end
   if n > most then most = n end
+  local d = redis.call('PFCOUNT', KEYS[i + 1])
+  if d > distinct then distinct = d end
 end
-return most
+return {most, distinct}
 """
+# In memory: distinct members remembered per key (bulk.min_senders is at most this, kept as
+# 32-bit hashes), and counters kept (16 per message text): at most about 40 MB a worker.
+MEMBERS = 16
+COUNTERS = 50_000
 
 
 class State(Protocol):
@@ -96,8 +108,9 @@ class State(Protocol):
         """Seconds the triplet ``key`` must still wait; 0 when it passes."""
         ...
 
-    async def count(self, keys: list[str], ttl: float) -> int:
-        """Count one more on each key (forgotten ``ttl`` seconds after its first); the most."""
+    async def count(self, keys: list[str], member: str, ttl: float) -> tuple[int, int]:
+        """Count one more on each key, and ``member`` among its members (forgotten ``ttl``
+        seconds after the first); the largest count and number of distinct members."""
         ...
 
 
@@ -108,12 +121,14 @@ class LocalState:
         self.entries = entries
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self.triplets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # first/expiry
-        self.counters: OrderedDict[str, tuple[int, float]] = OrderedDict()  # count/expiry
+        self.counters: OrderedDict[str, tuple[int, float, set[int]]] = OrderedDict()
 
-    def _keep(self, table: OrderedDict[str, Any], key: str, value: Any) -> None:
+    def _keep(
+        self, table: OrderedDict[str, Any], key: str, value: Any, limit: int | None = None
+    ) -> None:
         table[key] = value
         table.move_to_end(key)
-        while len(table) > self.entries:
+        while len(table) > min(self.entries, limit or self.entries):
             table.popitem(last=False)
 
     async def take(self, key: str, per_second: float, burst: int) -> bool:
@@ -124,14 +139,17 @@ class LocalState:
         self._keep(self.buckets, key, (tokens - 1 if taken else tokens, now))
         return taken
 
-    async def count(self, keys: list[str], ttl: float) -> int:
-        now, most = time.time(), 0
+    async def count(self, keys: list[str], member: str, ttl: float) -> tuple[int, int]:
+        now, most, distinct = time.time(), 0, 0
         for key in keys:
-            n, expires = self.counters.get(key, (0, now + ttl))
-            n, expires = (1, now + ttl) if expires <= now else (n + 1, expires)
-            self._keep(self.counters, key, (n, expires))
-            most = max(most, n)
-        return most
+            n, expires, members = self.counters.get(key, (0, now + ttl, set()))
+            if expires <= now:
+                n, expires, members = 0, now + ttl, set()
+            if len(members) < MEMBERS:
+                members.add(zlib.crc32(member.encode()))
+            self._keep(self.counters, key, (n + 1, expires, members), COUNTERS)
+            most, distinct = max(most, n + 1), max(distinct, len(members))
+        return most, distinct
 
     async def greylist(self, key: str, delay: float, window: float, ttl: float) -> int:
         now = time.time()
@@ -172,9 +190,10 @@ class RedisState:
         keys = [f"{self.prefix}gl:{key}"]
         return int(await self.greylist_script(keys=keys, args=[delay, int(window), int(ttl)]))
 
-    async def count(self, keys: list[str], ttl: float) -> int:
-        named = [f"{self.prefix}n:{key}" for key in keys]
-        return int(await self.count_script(keys=named, args=[max(1, int(ttl))]))
+    async def count(self, keys: list[str], member: str, ttl: float) -> tuple[int, int]:
+        named = [f"{self.prefix}{kind}:{key}" for key in keys for kind in ("n", "m")]
+        most, distinct = await self.count_script(keys=named, args=[max(1, int(ttl)), member])
+        return int(most), int(distinct)
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
@@ -235,8 +254,8 @@ class SharedState:
     async def greylist(self, key: str, delay: float, window: float, ttl: float) -> int:
         return await self._run("greylist", lambda s: s.greylist(key, delay, window, ttl))
 
-    async def count(self, keys: list[str], ttl: float) -> int:
-        return await self._run("count", lambda s: s.count(keys, ttl))
+    async def count(self, keys: list[str], member: str, ttl: float) -> tuple[int, int]:
+        return await self._run("count", lambda s: s.count(keys, member, ttl))
 
     async def problem(self) -> str | None:
         """Why Redis is not in use (for /readyz's mailmoat_up), or None."""

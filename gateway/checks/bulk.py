@@ -7,8 +7,10 @@ signature's bands (``BANDS`` of ``ROWS`` values) are counted across the site for
 ``window_hours`` in the shared state (Redis with ``[redis] url``; without it, each worker's
 memory): near-duplicates share a band with high probability, so a campaign's copies count
 together even when names, numbers and links change. A message whose band has been seen at
-least ``min_copies`` times gets ``BULK_CAMPAIGN``. Bulk is not spam by itself (newsletters
-are bulk): the symbol is a score that rules and the other checks weigh.
+least ``min_copies`` times gets ``BULK_CAMPAIGN``, and one whose band came from at least
+``min_senders`` envelope senders ``BULK_MANY_SENDERS`` (distinct senders counted with a
+HyperLogLog in Redis, exactly in memory). Bulk is not spam by itself (newsletters are bulk,
+from one sender): the symbols are scores that rules and the other checks weigh.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class BulkConfig(CheckConfig):
     """``[checks.bulk]``: how many copies make a campaign, and for how long they count."""
 
     min_copies: Annotated[int, Field(ge=2)] = 20
+    min_senders: Annotated[int, Field(ge=2, le=16)] = 5
     window_hours: PositiveFloat = 24.0
     # Counting is a score, never a reason to defer mail.
     on_error: Literal["tempfail", "accept", "quarantine"] = "accept"
@@ -83,6 +86,8 @@ class BulkCheck:
     symbols: ClassVar[Mapping[str, str]] = {
         "BULK_CAMPAIGN": "The same text (allowing for changed names, numbers and links) came "
         "at least min_copies times in the window",
+        "BULK_MANY_SENDERS": "The same text came from at least min_senders envelope senders "
+        "in the window (a newsletter has one; a botnet's campaign has many)",
     }
     config: BulkConfig
     state: SharedState
@@ -99,11 +104,16 @@ class BulkCheck:
         parts = shingles(body)
         if len(parts) < MIN_SHINGLES:
             return []
-        copies = await self.state.count(band_keys(signature(parts)),
-                                        self.config.window_hours * 3600)  # fmt: skip
-        if copies < self.config.min_copies:
-            return []
-        return [Finding(self.name, "BULK_CAMPAIGN", Status.FAIL, {"copies": copies})]
+        sender = ctx.envelope.mail_from.lower() or "<>"
+        copies, senders = await self.state.count(band_keys(signature(parts)), sender,
+                                                 self.config.window_hours * 3600)  # fmt: skip
+        found = []
+        if copies >= self.config.min_copies:
+            found.append(Finding(self.name, "BULK_CAMPAIGN", Status.FAIL, {"copies": copies}))
+        if senders >= self.config.min_senders:
+            found.append(Finding(self.name, "BULK_MANY_SENDERS", Status.FAIL,
+                                 {"senders": senders, "copies": copies}))  # fmt: skip
+        return found
 
     async def aclose(self) -> None:
         """The shared state is the gateway's: nothing of its own to close."""

@@ -84,3 +84,30 @@ async def test_the_gateway_records_the_campaign(sink, config_factory):
             await client.sendmail("a@sender.test", ["bob@example.test"], mail)
         symbols = [{s["name"] for s in e.symbols} for e in gw.events(kind="message")]
     assert sum("BULK_CAMPAIGN" in names for names in symbols) >= 1
+
+
+def ctx_from(text: str, sender: str) -> ScanContext:
+    raw = message(body=as_body(text))
+    return ScanContext(Envelope(id="t.1", raw=raw, mail_from=sender,
+                                rcpts=("bob@example.test",)))  # fmt: skip
+
+
+async def campaign_from_senders(check: BulkCheck, base: str, senders: list[str]) -> list[set]:
+    rng = random.Random(4)
+    return [{f.symbol for f in await check.run(ctx_from(variant(base, rng), s))}
+            for s in senders]  # fmt: skip
+
+
+async def test_a_campaign_from_many_senders_is_told_from_a_newsletter(redis_server):
+    [base] = campaign_texts(1)
+    for settings in (Settings(), Settings(redis={"url": redis_server.url})):
+        check = BulkCheck.from_config({"min_copies": 50, "min_senders": 5}, settings)
+        botnet = await campaign_from_senders(check, base, [f"u{n}@bot{n}.test" for n in range(8)])
+        assert "BULK_MANY_SENDERS" not in set().union(*botnet[:3])
+        assert sum("BULK_MANY_SENDERS" in found for found in botnet[5:]) >= 2
+        await check.state.aclose()
+    [other] = campaign_texts(2)[1:]
+    check = BulkCheck.from_config({"min_copies": 5, "min_senders": 5}, Settings())
+    newsletter = await campaign_from_senders(check, other, ["news@list.test"] * 10)
+    assert "BULK_CAMPAIGN" in newsletter[-1]  # many copies ...
+    assert not any("BULK_MANY_SENDERS" in found for found in newsletter)  # ... one sender
