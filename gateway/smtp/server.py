@@ -37,6 +37,7 @@ class ServerState:
     per_ip: ConnectionCounts = field(default_factory=ConnectionCounts)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    accepted: int = 0  # connections that reached their protocol (drain waits for them)
 
 
 class MailmoatSMTP(SMTP):
@@ -95,6 +96,7 @@ class MailmoatSMTP(SMTP):
         super().connection_made(transport)
         if not first:
             return
+        self.state.accepted += 1
         peer = transport.get_extra_info("peername") or ("", 0)
         self.client.client_ip, self.client.client_port = str(peer[0]), int(peer[1])
         state, cfg = self.state, self.config
@@ -272,8 +274,11 @@ class SmtpServer:
             self.server.close()
             # Connections the loop accepted just before reach their protocol a few loop
             # turns later; without this wait they were dropped ungreeted when the process
-            # ended (a refused connection during a restart).
-            await asyncio.sleep(ACCEPTED_SETTLE)
+            # ended (a refused connection during a restart). Wait until none arrives.
+            seen = -1
+            while seen != self.state.accepted:
+                seen = self.state.accepted
+                await asyncio.sleep(ACCEPTED_SETTLE)
         for protocol in list(self.state.protocols):
             if not protocol.in_transaction:
                 protocol.goodbye(replies.S421_SHUTTING_DOWN)
