@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.errors import StoreError, UnknownIdError
+from gateway.errors import UnknownIdError
 from gateway.events.schema import LABELS, EventFilter, Label, Retained, SecurityEvent, validate_id
 
 # Senders one recipient may "always allow" (each held in memory by every worker).
@@ -655,8 +655,3 @@ class Store(ABC):
             sql += " ORDER BY e.time DESC, e.id DESC LIMIT ?"
         params.append(where.limit)
         return [SecurityEvent.from_dict(json.loads(r["data"])) for r in self.query(sql, params)]
-
-
-def as_store_error(location: str, exc: Exception) -> StoreError:
-    """An engine's error, as the StoreError the callers handle."""
-    return StoreError(f"{location}: {exc}")
