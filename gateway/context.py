@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import Any
 
 from gateway.message import ParsedMessage
-from gateway.ml.features import Features, extract
+from gateway.ml.features import Features, extract_with_facts
 
 
 def new_connection_id() -> str:
@@ -64,6 +64,15 @@ class ScanContext:
         return ParsedMessage.parse(self.envelope.raw)
 
     @cached_property
+    def _extracted(self) -> tuple[Features, dict[str, Any]]:
+        return extract_with_facts(self.message)
+
+    @property
     def features(self) -> Features:
         """Model features, computed once: used by the classifier and stored with the event."""
-        return extract(self.message)
+        return self._extracted[0]
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """URL, HTML and text facts (gateway.ml.facts), from the same pass as the features."""
+        return self._extracted[1]

@@ -26,6 +26,16 @@ def bare_line_endings(raw: bytes) -> tuple[int, int]:
     return raw.count(b"\n") - pairs, raw.count(b"\r") - pairs
 
 
+def crlf_line_ends(data: bytes) -> bytes:
+    """A file with Unix line ends only (an ordinary .eml) as an MTA would send it, in CRLFs.
+
+    Data with any CR keeps its bytes, bare LFs and all: that is evidence, not a file format.
+    """
+    if b"\r" not in data:
+        return data.replace(b"\n", b"\r\n")
+    return data
+
+
 def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
     """Return (header block including its final line break, rest) of a raw message."""
     match = _HEADER_END.search(raw)

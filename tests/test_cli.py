@@ -80,7 +80,7 @@ def test_config_check_ok_and_error(tmp_path, capsys):
         main(["config", "check", "--config", str(ROOT / "config" / "mailmoat.example.toml")]) == 0
     )
     assert (
-        "checks   protocol, headers, antivirus, content, auth, bulk, classifier"
+        "checks   protocol, headers, antivirus, content, heuristics, auth, bulk, classifier"
         in capsys.readouterr().out
     )
     bad = tmp_path / "bad.toml"

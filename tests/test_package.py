@@ -60,7 +60,7 @@ def test_a_wheel_installed_outside_the_checkout_inits_and_scans(tmp_path):
     config = home / "etc" / "mailmoat.toml"
     checked = run(*mailmoat, "config", "check", "--config", config, cwd=home)
     assert checked.returncode == 0, checked.stderr
-    assert "rules    15" in checked.stdout
+    assert "rules    23" in checked.stdout
     assert "model    spamassassin-" in checked.stdout
     (home / "lunch.eml").write_bytes(MESSAGE)
     scanned = run(*mailmoat, "scan", "--config", config, "--json", home / "lunch.eml", cwd=home)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.ml.model import load_model
+from gateway.ml.features import FEATURE_VERSION
+from gateway.ml.model import load_model, read_metadata
 from training import dataset as datasets
 from training.metrics import recall_at_fpr, summary, threshold_for_fpr
 from training.registry import EVALUATION_FILE, current_id, training_keys
@@ -142,6 +143,15 @@ def evaluate(
     other = current_id(models) if against == "current" else against
     if other and other != candidate:
         names["current" if against == "current" else "other"] = other
+    outdated = ""
+    compared = names.get("current") or names.get("other")
+    if compared and read_metadata(models / compared).get("feature_version") != FEATURE_VERSION:
+        # A model of an older feature version cannot read this dataset, nor serve beside the
+        # code that made it: there is nothing to compare the candidate with.
+        outdated = (f"{compared} was trained on feature version "
+                    f"{read_metadata(models / compared).get('feature_version')}; this code "
+                    f"computes {FEATURE_VERSION}: nothing to compare with")  # fmt: skip
+        names = {"candidate": candidate}
     records, overlap = without_training_data(records, {n: models / n for n in names.values()})
     if len({r.label for r in records}) < 2:
         raise ValueError(
@@ -165,7 +175,7 @@ def evaluate(
         )
         metrics["batch_ms_per_message"] = round(per_message_ms, 3)
         results[role] = {"scores": scores, "metrics": metrics}
-    verdict = "no model to compare with"
+    verdict = outdated or "no model to compare with"
     better = True
     if len(results) > 1:
         ((_, ref),) = [(k, v) for k, v in results.items() if k != "candidate"]
@@ -194,7 +204,7 @@ def evaluate(
     evaluation = {
         **meta,
         "time": time.time(),
-        "against": names.get("current") or names.get("other"),
+        "against": compared if outdated else names.get("current") or names.get("other"),
         "better_than_against": better,
         "models": {role: r["metrics"] for role, r in results.items()},
         "report": str(report_path),

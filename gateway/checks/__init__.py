@@ -9,6 +9,7 @@ from gateway.checks.bulk import BulkCheck
 from gateway.checks.classifier import ClassifierCheck
 from gateway.checks.content import ContentCheck
 from gateway.checks.headers import HeadersCheck
+from gateway.checks.heuristics import HeuristicsCheck
 from gateway.checks.protocol import ProtocolCheck
 from gateway.checks.reputation import ReputationCheck
 
@@ -17,6 +18,7 @@ REGISTRY: tuple[type[Check], ...] = (
     HeadersCheck,
     AntivirusCheck,
     ContentCheck,
+    HeuristicsCheck,
     AuthCheck,
     ReputationCheck,
     BulkCheck,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.config import Settings, load_settings
+from gateway.message import crlf_line_ends
 from gateway.store import Store, open_store
 
 # What add_parsers extends (argparse gives it no public name; generic for mypy only).
@@ -73,9 +74,7 @@ def read_message(path: Path) -> bytes:
     data = path.read_bytes()
     if data.startswith(b"From "):
         _, _, data = data.partition(b"\n")
-    if b"\r\n" not in data and b"\r" not in data:
-        data = data.replace(b"\n", b"\r\n")
-    return data
+    return crlf_line_ends(data)
 
 
 def ask_to_reload(settings: Settings, what: str) -> int:

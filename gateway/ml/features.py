@@ -12,13 +12,13 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from typing import Any
-from urllib.parse import urlsplit
 
 from gateway.message import ParsedMessage, decode_header_value
+from gateway.ml.facts import from_name_facts, html_facts, text_facts, url_facts, url_host
+from gateway.ml.html import HtmlDoc, read_html
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: fact: tokens (gateway.ml.facts); text hidden by style left out
 MAX_TEXT = 20_000
 MAX_PART_BYTES = 200_000
 MAX_PARTS = 20
@@ -69,43 +69,10 @@ class Features:
         return cls(str(data["text"]), tuple(data["tokens"]), int(data["version"]))
 
 
-class _HtmlText(HTMLParser):
-    """Visible text and link targets of an HTML part (scripts and styles skipped)."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.chunks: list[str] = []
-        self.links: list[str] = []
-        self.tags: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style"):
-            self._skip += 1
-        if tag in ("img", "form", "iframe", "table", "font", "a", "input"):
-            self.tags.append(tag)
-        for name, value in attrs:
-            if value and name in ("href", "src", "action"):
-                self.links.append(value)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style") and self._skip:
-            self._skip -= 1
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.chunks.append(data)
-
-
 def html_to_text(markup: str) -> tuple[str, list[str], list[str]]:
     """(visible text, link targets, notable tags) of HTML; malformed markup is tolerated."""
-    parser = _HtmlText()
-    try:
-        parser.feed(markup)
-        parser.close()
-    except (AssertionError, ValueError):  # HTMLParser on hostile input
-        pass
-    return " ".join(parser.chunks), parser.links, parser.tags
+    doc = read_html(markup)
+    return doc.text, doc.links, doc.tags
 
 
 def _decode(part: Any) -> str:
@@ -135,21 +102,21 @@ def message_urls(message: ParsedMessage) -> list[str]:
     return urls[: MAX_URLS * 4]
 
 
-def _domain(url: str) -> str:
-    if url.lower().startswith("www."):
-        url = "http://" + url
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        return ""
-    return host.lower().rstrip(".")
-
-
 def extract(message: ParsedMessage) -> Features:
-    """Subject and body text (HTML as text), URLs and domains, structure, attachments."""
+    """Subject and body text (HTML as text), URLs and domains, structure, attachments, facts."""
+    return extract_with_facts(message)[0]
+
+
+def extract_with_facts(message: ParsedMessage) -> tuple[Features, dict[str, Any]]:
+    """The features and the facts (gateway.ml.facts: name -> detail) of one message.
+
+    One pass over the parts serves both: the heuristics check reports the facts as symbols,
+    and the model sees them as ``fact:`` tokens.
+    """
     tokens: list[str] = []
     texts: list[str] = []
     urls: list[str] = []
+    docs: list[HtmlDoc] = []
     walk = message.walk(max_depth=10, max_parts=MAX_PARTS * 5)
     if walk.too_deep or walk.too_many:
         tokens.append("struct:bounded")
@@ -164,20 +131,30 @@ def extract(message: ParsedMessage) -> Features:
             tokens.append(f"attach:ext:{extension[:10]}")
             continue
         if ctype == "text/html":
-            text, links, tags = html_to_text(_decode(part.part))
-            urls.extend(links)
-            tokens.extend(f"html:{tag}" for tag in sorted(set(tags)))
-            texts.append(text)
+            doc = read_html(_decode(part.part))
+            docs.append(doc)
+            urls.extend(doc.links)
+            tokens.extend(f"html:{tag}" for tag in sorted(set(doc.tags)))
+            texts.append(doc.text)
         elif ctype.startswith("text/"):
             texts.append(_decode(part.part))
     text = html.unescape(squeeze_whitespace(" ".join(texts)))[:MAX_TEXT]
     urls.extend(find_urls(text))
-    domains = {d for d in (_domain(u) for u in urls[:MAX_URLS]) if d}
+    urls = urls[:MAX_URLS]
+    domains = {d for d in map(url_host, urls) if d}
     tokens.extend(f"url:{d}" for d in sorted(domains))
     tokens.append(f"urls:{min(len(urls), 20)}")
     tokens.extend(_header_tokens(message))
     subject = message.subject[:300]
-    return Features(f"{subject}\n{text}", tuple(tokens))
+    anchors = [a for doc in docs for a in doc.anchors][:MAX_URLS]
+    facts = {
+        **url_facts(urls, anchors),
+        **html_facts(docs, len(text.split())),
+        **text_facts(f"{subject}\n{text}"),
+        **from_name_facts((m.display_name, m.domain) for m in message.from_mailboxes[:5]),
+    }
+    tokens.extend(f"fact:{name}" for name in sorted(facts))
+    return Features(f"{subject}\n{text}", tuple(tokens)), facts
 
 
 # Header fields whose presence says nothing about the message itself: trace fields added on

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -40,6 +41,8 @@ CHAR_TEXT = 3000  # characters given to the character n-grams (they cost the mos
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
 CURRENT_FILE = "CURRENT"
+
+log = logging.getLogger(__name__)
 
 
 def text_of(batch: Sequence[Features]) -> list[str]:
@@ -412,9 +415,10 @@ def seeded_registry(models: Path, shipped: Path) -> Path:
     (``var/models`` in a checkout, /var/lib/mailmoat/models when installed), never in the
     source tree or the installed package; this fills a new one from the shipped models.
     """
-    if (models / CURRENT_FILE).exists() or models.resolve() == shipped.resolve():
+    if models.resolve() == shipped.resolve() or not (shipped / CURRENT_FILE).exists():
         return models
-    if not (shipped / CURRENT_FILE).exists():
+    if (models / CURRENT_FILE).exists():
+        _replace_outdated(models, shipped)
         return models
     models.mkdir(parents=True, exist_ok=True)
     # Copied under a name of this process's, then renamed: two processes starting at once
@@ -435,6 +439,45 @@ def seeded_registry(models: Path, shipped: Path) -> Path:
     else:
         os.replace(tmp_current, models / CURRENT_FILE)
     return models
+
+
+def _replace_outdated(models: Path, shipped: Path) -> None:
+    """After an upgrade that changed the features: the shipped model replaces an outdated one.
+
+    A model trained on another feature version cannot serve this code (load_model refuses
+    it), so the gateway would start without a classifier. The shipped model of this version
+    is put in service instead, loudly; the site's own model needs retraining on its labels.
+    """
+    try:
+        current = current_model_dir(models)
+        version = read_metadata(current).get("feature_version")
+    except (ConfigError, OSError):
+        return
+    shipped_id = (shipped / CURRENT_FILE).read_text().strip()
+    if version == FEATURE_VERSION or not shipped_id:
+        return
+    if read_metadata(shipped / shipped_id).get("feature_version") != FEATURE_VERSION:
+        return
+    target = models / shipped_id
+    if not target.exists():
+        tmp = models / f".{shipped_id}.{os.getpid()}.tmp"
+        shutil.copytree(shipped / shipped_id, tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process was first
+            shutil.rmtree(tmp, ignore_errors=True)
+    tmp_current = models / f".{CURRENT_FILE}.{os.getpid()}.tmp"
+    tmp_current.write_text(f"{shipped_id}\n")
+    os.replace(tmp_current, models / CURRENT_FILE)
+    log.warning(
+        "model %s was trained on feature version %s, this version computes %s: the shipped "
+        "model %s is in service now; retrain yours on your labels (mailmoat model dataset "
+        "--events, train, evaluate, promote)",
+        current.name,
+        version,
+        FEATURE_VERSION,
+        shipped_id,
+    )
 
 
 def current_model_dir(models: Path) -> Path:

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from gateway.message import ParsedMessage
-from gateway.ml.features import MAX_TEXT, Features, extract, html_to_text
+from gateway.ml.features import FEATURE_VERSION, MAX_TEXT, Features, extract, html_to_text
 from tests.messages import with_attachments
 
 BASE = (
@@ -66,7 +66,7 @@ def test_work_is_bounded_on_huge_and_hostile_input():
 def test_snapshot_round_trip():
     f = features(BASE)
     assert Features.from_dict(f.to_dict()) == f
-    assert f.to_dict()["version"] == 1
+    assert f.to_dict()["version"] == FEATURE_VERSION == 2
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from gateway.config import PROJECT_ROOT
 from gateway.errors import ConfigError
 from gateway.message import ParsedMessage
 from gateway.ml import model as model_module
-from gateway.ml.features import extract
+from gateway.ml.features import FEATURE_VERSION, extract
 from gateway.ml.model import current_model_dir, load_model, sha256_of
 from tests.checks.golden import MESSAGES
 from tests.messages import plain, with_attachments
@@ -38,7 +38,7 @@ def artefact(tmp_path, shipped):
 def test_shipped_model_metadata(shipped):
     meta = shipped.metadata
     assert meta["sha256"] == sha256_of(MODELS / shipped.id / "model.joblib")
-    assert meta["feature_version"] == 1
+    assert meta["feature_version"] == FEATURE_VERSION
     assert 0 < shipped.threshold < 1
     assert {"python", "scikit-learn", "numpy", "scipy", "joblib"} <= set(meta["libraries"])
     assert meta["data"]["train_counts"]["spam"] > 1000
@@ -163,3 +163,24 @@ def test_the_registry_is_state_seeded_from_the_shipped_models(tmp_path):
     seeded_registry(registry, MODELS)
     assert (registry / CURRENT_FILE).read_text() == "site-model\n"
     assert (MODELS / CURRENT_FILE).read_text() == shipped_current
+
+
+def test_an_upgrade_that_changed_the_features_puts_the_shipped_model_in_service(tmp_path, caplog):
+    """A site model of an older feature version cannot load: the shipped one replaces it."""
+    from gateway.ml.model import CURRENT_FILE, seeded_registry
+
+    shipped_id = (MODELS / CURRENT_FILE).read_text().strip()
+    registry = tmp_path / "models"
+    old = registry / "site-20250101"
+    shutil.copytree(MODELS / shipped_id, old)
+    metadata = json.loads((old / "metadata.json").read_text())
+    (old / "metadata.json").write_text(json.dumps({**metadata, "feature_version": 1}))
+    (registry / CURRENT_FILE).write_text("site-20250101\n")
+    with pytest.raises(ConfigError, match="feature version 1"):
+        load_model(old)
+    with caplog.at_level("WARNING"):
+        seeded_registry(registry, MODELS)
+    assert (registry / CURRENT_FILE).read_text().strip() == shipped_id
+    assert "retrain yours" in caplog.text
+    assert load_model(current_model_dir(registry)).id == shipped_id
+    assert old.is_dir()  # the site's model is kept (for its record), not deleted
