@@ -15,7 +15,7 @@ import socket
 import sys
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -621,8 +621,27 @@ def _check_cross_fields(settings: Settings, origin: str) -> None:
         )
 
 
-def load_scores(path: Path) -> dict[str, tuple[float, str]]:
-    """Read ``SYMBOL = {weight, description}`` entries from a scores file."""
+class Score(NamedTuple):
+    """One scores file entry: a weight, or points per unit of the model's spam log-odds.
+
+    A ``per_log_odds`` entry scores ``weight * (log_odds - offset)``: nothing at the offset,
+    points above it, points off below it.
+    """
+
+    weight: float
+    description: str
+    per_log_odds: bool = False
+    offset: float = 0.0
+
+
+def load_scores(path: Path) -> dict[str, Score]:
+    """Read ``SYMBOL = {weight | per_log_odds, description}`` entries from a scores file.
+
+    ``weight`` is the symbol's points (scaled by the finding's factor, 0..1); ``per_log_odds``
+    is points per unit of the model's spam log-odds above ``log_odds_offset`` (ML_SPAM and
+    ML_HAM in learned scores files, ``mailmoat model scores``). For a rule's name, the weight
+    replaces the score in its file.
+    """
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -630,14 +649,24 @@ def load_scores(path: Path) -> dict[str, tuple[float, str]]:
         raise ConfigError(f"{path}: no such scores file") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
-    scores: dict[str, tuple[float, str]] = {}
+    scores: dict[str, Score] = {}
     for symbol, entry in data.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("weight"), int | float):
+        kinds = [k for k in ("weight", "per_log_odds") if isinstance(entry, dict) and k in entry]
+        if len(kinds) != 1 or not isinstance(entry[kinds[0]], int | float):
             raise ConfigError(
                 f"{path}: {symbol}: expected {{weight = <number>, description = ...}}"
+                " (or per_log_odds = <number> for the model's symbols)"
             )
-        unknown = set(entry) - {"weight", "description"}
+        unknown = set(entry) - {"weight", "per_log_odds", "log_odds_offset", "description"}
+        if kinds[0] == "weight" and "log_odds_offset" in entry:
+            unknown.add("log_odds_offset")
         if unknown:
             raise ConfigError(f"{path}: {symbol}: unknown keys {sorted(unknown)}")
-        scores[symbol] = (float(entry["weight"]), str(entry.get("description", "")))
+        offset = entry.get("log_odds_offset", 0.0)
+        if not isinstance(offset, int | float):
+            raise ConfigError(f"{path}: {symbol}: log_odds_offset must be a number")
+        per = kinds[0] == "per_log_odds"
+        scores[symbol] = Score(
+            float(entry[kinds[0]]), str(entry.get("description", "")), per, float(offset)
+        )
     return scores

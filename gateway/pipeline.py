@@ -122,8 +122,9 @@ class Pipeline:
                     )
         policy = Policy(
             config=settings.policy,
-            weights={symbol: weight for symbol, (weight, _) in scores.items()},
+            weights={symbol: score.weight for symbol, score in scores.items()},
             on_error={check.name: check.config.on_error for check in checks},
+            per_log_odds={s: score.offset for s, score in scores.items() if score.per_log_odds},
         )
         rules = None
         if settings.rules.enabled:

@@ -76,14 +76,17 @@ class Effect:
     """What a finding asks of the policy, typed (the policy never reads ``detail``).
 
     ``score`` replaces the symbol's configured weight (a rule's own score); ``factor`` scales
-    it (0..1, the model's confidence). ``force`` sets the action over the thresholds (the
-    strictest force wins); ``least`` is a floor the action is raised to and that no force,
-    allow rule or score can lower. ``reply`` is the text the client sees if this finding
-    decides; ``domains`` limits the effect to mail for those recipient domains.
+    it (0..1, the model's confidence); ``log_odds`` is the model's spam log-odds, which a
+    scores file entry with ``per_log_odds`` multiplies instead (learned scores, uncapped).
+    ``force`` sets the action over the thresholds (the strictest force wins); ``least`` is a
+    floor the action is raised to and that no force, allow rule or score can lower.
+    ``reply`` is the text the client sees if this finding decides; ``domains`` limits the
+    effect to mail for those recipient domains.
     """
 
     score: float | None = None
     factor: float | None = None
+    log_odds: float | None = None
     force: Action | None = None
     least: Action | None = None
     reply: str | None = None
@@ -92,7 +95,7 @@ class Effect:
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set, for events and ``scan --json``."""
         shown: dict[str, Any] = {}
-        for key in ("score", "factor", "reply"):
+        for key in ("score", "factor", "log_odds", "reply"):
             if getattr(self, key) is not None:
                 shown[key] = getattr(self, key)
         for key in ("force", "least"):
@@ -102,6 +105,28 @@ class Effect:
         if self.domains:
             shown["domains"] = sorted(self.domains)
         return shown
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Effect:
+        """Inverse of as_dict (replay decides recorded findings again)."""
+
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            return float(value) if isinstance(value, int | float) else None
+
+        def action(key: str) -> Action | None:
+            value = data.get(key)
+            return Action(value) if value in {a.value for a in Action} else None
+
+        return cls(
+            score=number("score"),
+            factor=number("factor"),
+            log_odds=number("log_odds"),
+            force=action("force"),
+            least=action("least"),
+            reply=str(data["reply"]) if data.get("reply") is not None else None,
+            domains=frozenset(map(str, data.get("domains", ()))),
+        )
 
 
 NO_EFFECT = Effect()

@@ -100,8 +100,17 @@ def test_scores_file_errors(tmp_path):
     path.write_text("A = { weight = 1, colour = 2 }\n")
     with pytest.raises(ConfigError, match="unknown keys"):
         load_scores(path)
-    path.write_text("A = { weight = 1.5, description = 'x' }\n")
-    assert load_scores(path) == {"A": (1.5, "x")}
+    path.write_text("A = { weight = 1, per_log_odds = 2 }\n")
+    with pytest.raises(ConfigError, match="A: expected"):
+        load_scores(path)
+    path.write_text("A = { weight = 1, log_odds_offset = 2 }\n")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_scores(path)
+    path.write_text(
+        "A = { weight = 1.5, description = 'x' }\n"
+        "ML_SPAM = { per_log_odds = 2, log_odds_offset = -4.5 }\n"
+    )
+    assert load_scores(path) == {"A": (1.5, "x", False, 0.0), "ML_SPAM": (2.0, "", True, -4.5)}
 
 
 def test_unknown_check_section_fails_at_build(tmp_path):

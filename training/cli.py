@@ -56,6 +56,23 @@ def add_model_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     ev.add_argument("--corpus", help="for --cross: folders, an mbox or a .tar.gz of labelled mail")
     ev.add_argument("--splits", type=int, metavar="N", help="for --cross: the first N splits")
     ev.add_argument("--json", action="store_true", help="for --cross: JSON")
+    sc = msub.add_parser("scores", parents=[common],
+                         help="learn every symbol's weight from labelled mail")  # fmt: skip
+    sc.add_argument("--corpus", metavar="PATH",
+                    help="labelled folders, an mbox or a .tar.gz, scanned offline")  # fmt: skip
+    sc.add_argument("--events", action="store_true", help="labelled events, as scored then")
+    sc.add_argument("--since")
+    sc.add_argument("--until")
+    sc.add_argument("--model", help="model id (default: the one in service)")
+    sc.add_argument("--base", metavar="FILE",
+                    help="the scores to start from: signs, and the weights of symbols the data "
+                         "do not show (default: [policy] scores_file)")  # fmt: skip
+    sc.add_argument("--min-count", type=int, default=5, metavar="N",
+                    help="symbols seen on fewer messages keep their hand-set weight")  # fmt: skip
+    sc.add_argument(
+        "--out", help="scores file to write (default: <reports_dir>/scores-<time>.toml)"
+    )
+    sc.add_argument("--json", action="store_true", help="print the figures as JSON")
     pr = msub.add_parser("promote", parents=[common], help="put a candidate in service")
     pr.add_argument("id")
     pr.add_argument("--force", action="store_true", help="even if worse than the model in service")
@@ -112,6 +129,8 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
                           cfg.target_fpr)  # fmt: skip
         _print_evaluation(result)
         return 0
+    if command == "scores":
+        return _scores(args, settings, models)
     if command == "promote":
         return _promote(models, args.id, args.force)
     if command == "rollback":
@@ -180,6 +199,85 @@ def _dataset(args: argparse.Namespace, settings: Settings) -> int:
         f"wrote {out}: {json.dumps(summary['counts'])}, "
         f"{summary['duplicates_dropped']} duplicates dropped"
     )
+    return 0
+
+
+def _scores(args: argparse.Namespace, settings: Settings, models: Path) -> int:
+    """``model scores``: fit the symbols' weights, print the figures, write a scores file."""
+    from gateway.config import load_scores
+    from gateway.pipeline import known_symbols
+    from training import scores
+
+    if bool(args.corpus) == bool(args.events):
+        raise ConfigError("model scores needs --corpus PATH or --events (one of them)")
+    model_id = args.model or registry.current_id(models)
+    if not model_id or not (models / model_id).is_dir():
+        raise ConfigError(f"no model {model_id!r} in {models}")
+    model = load_model(models / model_id)
+    trained = registry.training_keys(models / model_id)
+    if trained is None:
+        raise ConfigError(f"{model_id} was trained before training keys were kept: its own "
+                          "training mail cannot be told apart (train it again)")  # fmt: skip
+    section = {**settings.check_section("classifier"), "enabled": True,
+               "models_dir": str(models), "model": model_id}  # fmt: skip
+    base = Path(args.base) if args.base else settings.policy.scores_file
+    policy = settings.policy.model_copy(update={"scores_file": base})
+    settings = settings.model_copy(
+        update={"checks": {**settings.checks, "classifier": section}, "policy": policy}
+    )
+    threshold = settings.check_section("classifier").get("threshold") or model.threshold
+    if args.corpus:
+        samples, excluded = scores.scan_corpus(Path(args.corpus), settings, trained)
+        source = f"corpus {args.corpus} (offline checks: {', '.join(scores.OFFLINE_OFF)} off)"
+    else:
+        store = open_store(settings.store)
+        try:
+            since = parse_time(args.since) if args.since else None
+            until = parse_time(args.until) if args.until else None
+            samples, excluded = scores.from_events(store, since, until, trained)
+        finally:
+            store.close()
+        source = "labelled events" + (f" since {args.since}" if args.since else "")
+    spam = sum(s.label for s in samples)
+    if spam < scores.FOLDS or len(samples) - spam < scores.FOLDS:
+        raise ConfigError(f"{len(samples)} usable labelled messages ({spam} spam) after leaving "
+                          f"out {excluded} the model was trained on: label more (at least "
+                          f"{scores.FOLDS} of each)")  # fmt: skip
+    current = load_scores(base)
+    quarantine = settings.policy.quarantine
+    fpr = settings.training.target_fpr
+    learned = scores.fit(samples, current, quarantine, fpr, threshold, args.min_count)
+    figures = scores.figures(samples, current, quarantine, fpr, threshold, args.min_count)
+    out = Path(args.out) if args.out else settings.training.reports_dir / (
+        f"scores-{scores.stamp()}.toml")  # fmt: skip
+    provenance = {
+        "written": scores.stamp(), "data": source, "messages": len(samples), "spam": spam,
+        "left out (the model's training mail)": excluded, "model": model_id,
+        "model threshold": threshold, "base scores": str(args.base or base),
+        "quarantine threshold": quarantine, "target ham FPR": fpr,
+        "anchored at": learned.anchor, "min_count": args.min_count,
+        "figures (out of fold)": figures["overall, learned (out of fold)"],
+    }  # fmt: skip
+    scores.write_scores(out, current, learned, provenance, {s: "" for s in known_symbols([])})
+    if args.json:
+        print(json.dumps({"out": str(out), "provenance": provenance, "figures": figures,
+                          "weights": learned.weights, "per_log_odds": learned.per_log_odds},
+                         indent=1))  # fmt: skip
+        return 0
+    print(f"{len(samples)} labelled messages ({spam} spam) from {source}; {excluded} left out "
+          f"(the model {model_id} was trained on them)")  # fmt: skip
+    print(f"{'':<34} {'AUC':>8} {'r@0.1%':>7} {'r@1%':>7} {'spam held':>9} {'ham held':>9} "
+          f"{'confident spam held':>19}")  # fmt: skip
+    for name, m in figures.items():
+        print(f"{name:<34} {m['auc']:>8.5f} {m['recall_at_0.1%']:>7.4f} "
+              f"{m['recall_at_1%']:>7.4f} {m['spam_held']:>9.2%} {m['ham_held']:>9.2%} "
+              f"{m['confident_spam_held']:>19.2%}")  # fmt: skip
+    print(f"ML_SPAM/ML_HAM: {learned.per_log_odds:g} points per unit of log-odds above "
+          f"{learned.offset:g} (quarantine anchored at {learned.anchor}); "
+          f"{len(learned.fitted)} symbols learned, "
+          f"{len(learned.zeroed)} fitted at 0 to keep their sign, "
+          f"{len(learned.kept)} kept")  # fmt: skip
+    print(f'wrote {out}; to use it: [policy] scores_file = "{out}", then mailmoat config check')
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,15 @@ from gateway.types import Effect, Finding, Status
 
 # Messages whose features take longer than this to classify go to a worker thread.
 THREAD_ABOVE_CHARS = 20_000
+# The log-odds a learned scores file multiplies are bounded: a probability of exactly 0 or
+# 1 (or within float rounding of them) must not weigh without limit.
+MAX_LOG_ODDS = 12.0
+
+
+def log_odds(probability: float) -> float:
+    """ln(p / (1 - p)), bounded by MAX_LOG_ODDS either way."""
+    p = min(max(probability, 1e-12), 1 - 1e-12)
+    return max(-MAX_LOG_ODDS, min(MAX_LOG_ODDS, math.log(p / (1 - p))))
 
 
 class ClassifierConfig(CheckConfig):
@@ -65,19 +75,24 @@ class ClassifierCheck:
         else:
             probability = self.model.probability(features)
         threshold = self.threshold
+        odds = round(log_odds(probability), 4)
         detail: dict[str, Any] = {
             "probability": round(probability, 6),
             "model": self.model.id,
             "threshold": threshold,
+            "log_odds": odds,
         }
+        # The hand-set weight: half at the threshold, all of it at certainty (factor); a
+        # learned scores file weighs the log-odds instead (per_log_odds).
         if probability >= threshold:
-            # Half the weight at the threshold, all of it at certainty.
             factor = round(0.5 + 0.5 * (probability - threshold) / (1 - threshold), 4)
             detail["factor"] = factor
-            return [Finding(self.name, "ML_SPAM", Status.FAIL, detail, Effect(factor=factor))]
+            effect = Effect(factor=factor, log_odds=odds)
+            return [Finding(self.name, "ML_SPAM", Status.FAIL, detail, effect)]
         factor = round((threshold - probability) / threshold, 4)
         detail["factor"] = factor
-        return [Finding(self.name, "ML_HAM", Status.PASS, detail, Effect(factor=factor))]
+        effect = Effect(factor=factor, log_odds=odds)
+        return [Finding(self.name, "ML_HAM", Status.PASS, detail, effect)]
 
     async def aclose(self) -> None:
         return None

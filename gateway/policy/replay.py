@@ -12,7 +12,7 @@ from gateway.context import Envelope, ScanContext
 from gateway.events import SecurityEvent
 from gateway.pipeline import Pipeline
 from gateway.store import Store
-from gateway.types import Action, Finding, Status
+from gateway.types import Action, Effect, Finding, Status
 
 SPAMMY = {"spam", "phish", "malware"}
 # Outcomes that keep a message from the user: a false positive when it was ham.
@@ -54,10 +54,14 @@ class ReplayReport:
 
 
 def _stored_findings(event: SecurityEvent) -> list[Finding]:
-    """The checks' findings as recorded (the old rules' hits are left out)."""
+    """The checks' findings as recorded, with their effects (the old rules' hits left out)."""
     return [
         Finding(
-            s.get("check", ""), s["name"], Status(s.get("status", "fail")), s.get("details", {})
+            s.get("check", ""),
+            s["name"],
+            Status(s.get("status", "fail")),
+            s.get("details", {}),
+            Effect.from_dict(s.get("effect") or {}),
         )
         for s in event.symbols
         if s.get("check") != "rules"

@@ -2,9 +2,10 @@
 
 The order (docs/architecture.md, "How a verdict is made"):
 
-1. **Score.** Each finding weighs its configured weight (scaled by its effect's ``factor``)
-   or its effect's own ``score`` (a rule); error findings weigh 0. The total maps to
-   accept / tag / quarantine / reject by the thresholds.
+1. **Score.** Each finding weighs its configured weight (scaled by its effect's ``factor``,
+   or times the model's log-odds for a ``per_log_odds`` entry) or its effect's own ``score``
+   (a rule, unless the scores file weighs the rule's name); error findings weigh 0. The
+   total maps to accept / tag / quarantine / reject by the thresholds.
 2. **Forces.** A ``force`` effect (a rule's ``action``) or a ``[policy] force`` entry sets the
    action instead of the thresholds; among several, the strictest wins. This is how an
    allow rule says "accept" and a deny rule says "reject".
@@ -24,7 +25,7 @@ strictest outcome, and the reason says which domain decided.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from gateway.config import PolicyConfig
 from gateway.types import Action, Finding, ScoredSymbol, Status, Verdict
@@ -40,6 +41,9 @@ class Policy:
     config: PolicyConfig
     weights: Mapping[str, float]
     on_error: Mapping[str, str]
+    # Symbols whose weight is points per unit of the model's log-odds above an offset
+    # (learned scores): symbol -> offset.
+    per_log_odds: Mapping[str, float] = field(default_factory=dict)
 
     def score(self, finding: Finding) -> float:
         """The weight of a finding. Error symbols weigh 0: an outage is not evidence of spam."""
@@ -47,8 +51,13 @@ class Policy:
             return 0.0
         effect = finding.effect
         if effect.score is not None:
+            learned = finding.check == "rules" and finding.status is Status.FAIL
+            if learned and finding.symbol in self.weights:  # a scores file entry for a rule
+                return round(self.weights[finding.symbol], 3)
             return round(effect.score, 3)
         weight = self.weights.get(finding.symbol, 0.0)
+        if finding.symbol in self.per_log_odds and effect.log_odds is not None:
+            return round(weight * (effect.log_odds - self.per_log_odds[finding.symbol]), 3)
         if effect.factor is not None:
             weight *= min(1.0, max(0.0, effect.factor))
         return round(weight, 3)

@@ -6,9 +6,11 @@ import asyncio
 import json
 import shutil
 
-from gateway.config import PROJECT_ROOT, load_settings
+from gateway.checks.classifier import log_odds
+from gateway.config import PROJECT_ROOT, load_scores, load_settings
 from gateway.events import EventFilter
 from gateway.ml import model as model_module
+from gateway.ml.model import current_model_dir, load_model
 from gateway.service import Gateway
 from gateway.types import Action
 from tests.checks.golden import MESSAGES, offline_settings, scan_bytes
@@ -26,13 +28,29 @@ def classifier_settings(**section):
     return offline_settings(classifier={"enabled": True, **section})
 
 
+SHIPPED_SCORES = load_scores(PROJECT_ROOT / "config" / "scores.toml")
+
+
+def learned_points(details) -> float:
+    """What the shipped (learned) scores give the model's log-odds."""
+    entry = SHIPPED_SCORES["ML_SPAM"]
+    return round(entry.weight * (details["log_odds"] - entry.offset), 3)
+
+
 async def test_spam_gets_ml_spam_with_probability_and_model():
     verdict = await scan_bytes(SPAM, classifier_settings())
     [ml] = [s for s in verdict.symbols if s.check == "classifier"]
     assert ml.name == "ML_SPAM"
     assert ml.details["probability"] >= ml.details["threshold"]
     assert ml.details["model"].startswith("spamassassin-")
-    assert 4.0 <= ml.score <= 8.0  # half the weight at the threshold, all at certainty
+    # (the probability in the details is rounded to 6 places, the log-odds to 4)
+    assert abs(ml.details["log_odds"] - log_odds(ml.details["probability"])) < 0.01
+    # Learned scores: points per unit of log-odds, uncapped; the model's confident spam is
+    # held with no other evidence.
+    assert SHIPPED_SCORES["ML_SPAM"].per_log_odds
+    assert ml.score == learned_points(ml.details)
+    assert ml.score >= 10.0
+    assert verdict.action in (Action.QUARANTINE, Action.REJECT)
 
 
 async def test_ham_gets_ml_ham():
@@ -40,7 +58,28 @@ async def test_ham_gets_ml_ham():
     [ml] = [s for s in verdict.symbols if s.check == "classifier"]
     assert ml.name == "ML_HAM"
     assert ml.details["probability"] < ml.details["threshold"]
-    assert -2.0 <= ml.score < 0
+    assert ml.score == learned_points(ml.details)
+    assert ml.score < 5.0  # not even tagged
+    assert verdict.action is Action.ACCEPT
+
+
+async def test_a_message_at_the_model_threshold_reaches_quarantine_by_the_shipped_scores():
+    threshold = load_model(current_model_dir(PROJECT_ROOT / "models")).threshold
+    assert learned_points({"log_odds": log_odds(threshold)}) >= 10.0 - 0.01
+    assert learned_points({"log_odds": log_odds(threshold * 0.9)}) < 10.0
+
+
+async def test_hand_set_scores_scale_the_weight_by_confidence():
+    settings = classifier_settings()
+    hand = settings.policy.model_copy(
+        update={"scores_file": PROJECT_ROOT / "config" / "scores-hand.toml"}
+    )
+    settings = settings.model_copy(update={"policy": hand})
+    [spam] = [s for s in (await scan_bytes(SPAM, settings)).symbols if s.check == "classifier"]
+    assert 4.0 <= spam.score <= 8.0  # half the weight at the threshold, all at certainty
+    clean = (MESSAGES / "clean.eml").read_bytes()
+    [ham] = [s for s in (await scan_bytes(clean, settings)).symbols if s.check == "classifier"]
+    assert -2.0 <= ham.score < 0
 
 
 async def test_threshold_override():

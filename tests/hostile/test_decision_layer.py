@@ -209,9 +209,9 @@ async def test_an_exe_ten_zips_deep_is_held():
     for level in range(9):
         payload = zip_of(f"level{level}.zip", payload)
     verdict = await scan_bytes(attached("documents.zip", payload), classifier_on())
-    assert "ARCHIVE_TOO_DEEP" in verdict.symbol_names
+    [deep] = [s for s in verdict.symbols if s.name == "ARCHIVE_TOO_DEEP"]
+    assert deep.effect.least is Action.QUARANTINE  # a floor, whatever the score
     assert verdict.action is Action.QUARANTINE
-    assert verdict.reason == "at least quarantine by ARCHIVE_TOO_DEEP"
 
 
 async def test_thirty_multiparts_deep_is_held():
@@ -240,7 +240,7 @@ async def test_a_zip_bomb_is_held_whatever_the_model_says():
     verdict = await scan_bytes(attached("report.zip", bomb), classifier_on())
     assert "ARCHIVE_BOMB" in verdict.symbol_names
     assert "ML_HAM" in verdict.symbol_names  # the model alone would have let it pass
-    assert verdict.action is Action.QUARANTINE
+    assert verdict.action in (Action.QUARANTINE, Action.REJECT)
 
 
 async def test_uninspectable_floor_is_configurable():
