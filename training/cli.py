@@ -121,7 +121,7 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
         print(f"next: mailmoat model evaluate {model_id} --on {args.dataset}")
         return 0
     if command == "evaluate" and args.cross:
-        return _cross(args)
+        return _cross(args, settings)
     if command == "evaluate":
         if not args.candidate or not args.dataset:
             raise ConfigError("model evaluate needs a CANDIDATE and --on DATASET (or --cross)")
@@ -281,13 +281,13 @@ def _scores(args: argparse.Namespace, settings: Settings, models: Path) -> int:
     return 0
 
 
-def _cross(args: argparse.Namespace) -> int:
+def _cross(args: argparse.Namespace, settings: Settings) -> int:
     """``model evaluate --cross``: both models on every cross-source split of the corpus."""
     from training.cross import cross
 
     if not args.corpus:
         raise ConfigError("--cross needs --corpus PATH (folders named like easy_ham, spam_2...)")
-    results = cross(Path(args.corpus), args.splits)
+    results = cross(Path(args.corpus), args.splits, settings)
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
@@ -300,8 +300,13 @@ def _cross(args: argparse.Namespace) -> int:
     for result in results:
         print(f"{result['split']} ({result['train']} train, {result['test']} test)")
         for name, m in result["models"].items():
+            if "error" in m:
+                print(f"  {name:<56} not measured: {m['error']}")
+                continue
+            fpr = m.get("ham_fpr_at_90%_caught")
+            shown = "" if fpr is None else f"{fpr:>10.4%}"
             print(f"  {name:<56} {m['auc']:>8.5f} {m['recall_at_0.1%']:>7.4f} "
-                  f"{m['recall_at_1%']:>7.4f} {m['ham_fpr_at_90%_caught']:>10.4%}")  # fmt: skip
+                  f"{m['recall_at_1%']:>7.4f} {shown}")  # fmt: skip
     return 0
 
 

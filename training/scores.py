@@ -34,7 +34,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,17 +92,11 @@ class Learned:
     anchor: str  # what placed the quarantine threshold
 
 
-@dataclass(slots=True)
-class Report:
-    samples: int
-    spam: int
-    excluded: int
-    figures: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-def _sample(label: int, symbols: Iterable[Mapping[str, Any]], total: float) -> Sample | None:
+def _sample(
+    label: int, symbols: Iterable[Mapping[str, Any]], total: float, model: bool = True
+) -> Sample | None:
     found: dict[str, float] = {}
-    odds = None
+    odds = None if model else math.nan  # without the model: its log-odds filled in later
     for symbol in symbols:
         name = str(symbol["name"])
         if name.endswith("_ERROR"):
@@ -122,20 +116,35 @@ def _sample(label: int, symbols: Iterable[Mapping[str, Any]], total: float) -> S
 
 def scan_corpus(path: Path, settings: Settings, trained: set[str]) -> tuple[list[Sample], int]:
     """Scan a labelled corpus with the offline checks, the model and the rules in force."""
+    scanned, excluded = asyncio.run(_scan_corpus(path, offline(settings), trained))
+    return [sample for _, sample in scanned], excluded
+
+
+def scan_symbols(path: Path, settings: Settings) -> dict[str, Sample]:
+    """Every labelled message's symbols by source, without the model (log-odds NaN).
+
+    For ``model evaluate --cross``, which trains its own model on each split.
+    """
+    without_model = offline(settings, classifier=False)
+    scanned, _ = asyncio.run(_scan_corpus(path, without_model, set(), model=False))
+    return dict(scanned)
+
+
+def offline(settings: Settings, classifier: bool = True) -> Settings:
+    """The settings with the checks that ask the network or shared state off."""
     checks = {name: dict(section) for name, section in settings.checks.items()}
-    for name in OFFLINE_OFF:
+    for name in OFFLINE_OFF + (() if classifier else ("classifier",)):
         checks[name] = {**checks.get(name, {}), "enabled": False}
-    offline = settings.model_copy(update={"checks": checks})
-    return asyncio.run(_scan_corpus(path, offline, trained))
+    return settings.model_copy(update={"checks": checks})
 
 
 async def _scan_corpus(
-    path: Path, settings: Settings, trained: set[str]
-) -> tuple[list[Sample], int]:
+    path: Path, settings: Settings, trained: set[str], model: bool = True
+) -> tuple[list[tuple[str, Sample]], int]:
     pipeline = Pipeline.from_settings(settings)
-    if not any(c.name == "classifier" for c in pipeline.checks):
+    if model and not any(c.name == "classifier" for c in pipeline.checks):
         raise ConfigError("model scores needs the classifier ([checks.classifier] enabled)")
-    samples: list[Sample] = []
+    scanned: list[tuple[str, Sample]] = []
     excluded = 0
     try:
         for number, (source, raw) in enumerate(_labelled(path)):
@@ -147,16 +156,17 @@ async def _scan_corpus(
                 mail_options=("BODY=8BITMIME",),
             )  # fmt: skip
             ctx = ScanContext(envelope)
-            if content_key(ctx.features) in trained:
+            if trained and content_key(ctx.features) in trained:
                 excluded += 1
                 continue
             verdict = (await pipeline.scan(ctx)).verdict
-            sample = _sample(label, (s.as_dict() for s in verdict.symbols), verdict.score)
+            symbols = (s.as_dict() for s in verdict.symbols)
+            sample = _sample(label, symbols, verdict.score, model)
             if sample is not None:
-                samples.append(sample)
+                scanned.append((source, sample))
     finally:
         await pipeline.aclose()
-    return samples, excluded
+    return scanned, excluded
 
 
 def envelope_sender(raw: bytes) -> str:
