@@ -20,7 +20,7 @@ HASH_SAMPLE = b"Mailmoat test sample: harmless bytes that ClamAV matches by hash
 class ClamdProcess:
     """clamd in the foreground, in its own directory; start, stop, kill, pause, resume."""
 
-    def __init__(self, directory: Path, stream_max: str = "4M") -> None:
+    def __init__(self, directory: Path, stream_max: str = "4M", extra: str = "") -> None:
         self.directory = directory
         self.socket = directory / "clamd.sock"
         self.process: subprocess.Popen[bytes] | None = None
@@ -31,7 +31,7 @@ class ClamdProcess:
         (directory / "clamd.conf").write_text(
             f"LocalSocket {self.socket}\nFixStaleSocket yes\nDatabaseDirectory {db}\n"
             f"Foreground yes\nLogFile {directory / 'clamd.log'}\nStreamMaxLength {stream_max}\n"
-            "MaxThreads 4\n"
+            "MaxThreads 4\n" + extra
         )
 
     @property
