@@ -82,6 +82,7 @@ TINY_CHARS = 50
 IMAGE_ONLY_WORDS = 10  # fewer words than this beside an image: image-only
 ZERO_WIDTH = 3
 MAX_LISTED = 5  # examples kept in a fact's detail
+MAX_NAME = 200  # characters of a From display name searched for an address
 
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u180e\u034f]")
 _WORD = re.compile(r"\w{3,40}")
@@ -268,7 +269,7 @@ def text_facts(text: str) -> dict[str, Any]:
 def from_name_facts(names_and_domains: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """FROM_NAME_HAS_ADDRESS: "support@bank.example" <x@other.example>."""
     for name, domain in names_and_domains:
-        match = _ADDRESS.search(name)
+        match = _ADDRESS.search(name[:MAX_NAME])  # bounded: the search is quadratic in it
         if (
             match
             and domain

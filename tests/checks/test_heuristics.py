@@ -101,6 +101,14 @@ async def test_golden_messages_have_no_tricks(name):
     assert not [n for n in verdict.symbol_names if n.startswith(FACT_PREFIXES)]
 
 
+def test_a_huge_display_name_costs_no_more_than_a_short_one():
+    name = "a" * 200_000
+    started = time.process_time()
+    facts = facts_of(message("x", sender=f'"{name}" <x@evil.test>'))
+    assert time.process_time() - started < 2.0  # quadratic in 200,000 would take minutes
+    assert facts == {}
+
+
 def test_the_model_sees_the_facts_as_tokens():
     features, facts = extract_with_facts(ParsedMessage.parse(message(CASES["URL_IP_LITERAL"])))
     assert "fact:URL_IP_LITERAL" in features.tokens
