@@ -37,6 +37,7 @@ def test_a_wheel_installed_outside_the_checkout_inits_and_scans(tmp_path):
     [wheel] = wheels.glob("mailmoat-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.endswith("share/mailmoat/config/scores.toml") for n in names)
+    assert any(n.endswith("share/mailmoat/config/scores-hand.toml") for n in names)
     assert any(n.endswith("model.joblib") for n in names)
     venv = tmp_path / "venv"
     assert run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path).returncode == 0
@@ -57,6 +58,7 @@ def test_a_wheel_installed_outside_the_checkout_inits_and_scans(tmp_path):
     assert init.returncode == 0, init.stderr
     assert (home / "state" / "models" / "CURRENT").read_text().strip()
     assert (home / "etc" / "rules" / "allow-deny.yaml").exists()
+    assert (home / "etc" / "scores-hand.toml").exists()
     config = home / "etc" / "mailmoat.toml"
     checked = run(*mailmoat, "config", "check", "--config", config, cwd=home)
     assert checked.returncode == 0, checked.stderr

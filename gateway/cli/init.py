@@ -95,6 +95,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         written.append(str(target))
 
     copy(SHIPPED / "config" / "scores.toml", prefix / "scores.toml")
+    # The hand-set weights the shipped scores were learned from (mailmoat model scores --base).
+    copy(SHIPPED / "config" / "scores-hand.toml", prefix / "scores-hand.toml")
     copy(SHIPPED / "config" / "mailmoat.example.toml", prefix / "mailmoat.example.toml")
     copy(SHIPPED / "config" / "postfix", prefix / "postfix")
     copy(SHIPPED / "rules", prefix / "rules")
