@@ -137,3 +137,52 @@ def test_model_scores_says_what_it_needs(config, tmp_path, capsys):
     assert "--corpus PATH or --events" in capsys.readouterr().err
     assert main(["model", "scores", "--config", str(config), "--events"]) == 2
     assert "label more" in capsys.readouterr().err
+
+
+def test_model_scores_from_labelled_events_as_the_gateway_scored_them(
+    small_corpus,  # noqa: F811
+    config,
+    tmp_path,
+    capsys,
+):
+    """--events: the symbols each event recorded, the model's training mail left out."""
+    from gateway.events import Retained, SecurityEvent
+    from gateway.store import SqliteStore
+    from tests.checks.golden import offline_settings
+
+    settings = offline_settings(classifier={"enabled": True})
+    messages = [
+        (source, crlf_line_ends(raw)) for source, raw in iter_messages(small_corpus / "folders")
+    ]
+    scanned = asyncio.run(_scan(settings, [raw for _, raw in messages]))
+    store = SqliteStore(tmp_path / "store" / "events.sqlite3")
+    for n, ((source, _), (verdict, snapshot)) in enumerate(zip(messages, scanned, strict=True)):
+        event = SecurityEvent(id=f"{n:016x}.1", kind="message", time=1000.0 + n,
+                              score=verdict.score, action=verdict.action.value,
+                              symbols=tuple(s.as_dict() for s in verdict.symbols))  # fmt: skip
+        store.add(event, Retained(None, snapshot, 10_000_000_000.0))
+        store.add_label(event.id, "spam" if source.startswith("spam") else "ham", "console", "ana")
+    store.close()
+    out = tmp_path / "events-scores.toml"
+    assert main(["model", "scores", "--config", str(config), "--events", "--out", str(out),
+                 "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    provenance = result["provenance"]
+    assert provenance["data"] == "labelled events"
+    # As with a corpus: the events the shipped model was trained on are left out.
+    assert provenance["left out (the model's training mail)"] > 100
+    assert provenance["messages"] + provenance["left out (the model's training mail)"] == 240
+    assert load_scores(out)["ML_SPAM"].per_log_odds
+
+
+async def _scan(settings, raws):
+    pipeline = Pipeline.from_settings(settings)
+    results = []
+    try:
+        for n, raw in enumerate(raws):
+            ctx = ScanContext(Envelope(f"e.{n}", raw, "", ("bob@example.test",)))
+            verdict = (await pipeline.scan(ctx)).verdict
+            results.append((verdict, ctx.features.to_dict()))
+    finally:
+        await pipeline.aclose()
+    return results
