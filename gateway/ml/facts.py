@@ -42,40 +42,12 @@ FACTS: dict[str, str] = {
     "FROM_NAME_HAS_ADDRESS": "The From display name holds an address of another domain",
 }
 
-SHORTENERS = frozenset(
-    [
-        "bit.ly",
-        "bitly.com",
-        "tinyurl.com",
-        "t.co",
-        "goo.gl",
-        "ow.ly",
-        "is.gd",
-        "buff.ly",
-        "rebrand.ly",
-        "cutt.ly",
-        "shorturl.at",
-        "tiny.cc",
-        "rb.gy",
-        "s.id",
-        "bit.do",
-        "t.ly",
-        "v.gd",
-        "qr.ae",
-        "lnkd.in",
-        "adf.ly",
-        "shorte.st",
-        "bl.ink",
-        "soo.gd",
-        "clck.ru",
-        "u.to",
-        "x.co",
-        "tr.im",
-        "snipurl.com",
-        "short.io",
-        "t2m.io",
-    ]
-)
+SHORTENERS = frozenset((
+    "bit.ly", "bitly.com", "tinyurl.com", "t.co", "goo.gl", "ow.ly", "is.gd", "buff.ly",
+    "rebrand.ly", "cutt.ly", "shorturl.at", "tiny.cc", "rb.gy", "s.id", "bit.do", "t.ly",
+    "v.gd", "qr.ae", "lnkd.in", "adf.ly", "shorte.st", "bl.ink", "soo.gd", "clck.ru", "u.to",
+    "x.co", "tr.im", "snipurl.com", "short.io", "t2m.io",
+))  # fmt: skip
 MANY_DOMAINS = 10  # distinct registrable link domains
 HIDDEN_CHARS = 200  # hidden characters (a newsletter's hidden preheader is shorter)
 TINY_CHARS = 50
@@ -89,47 +61,13 @@ _WORD = re.compile(r"\w{3,40}")
 _LEET_WORD = re.compile(r"(?<![\w@$|!])[a-z0-9@$|!]{4,20}(?![\w@$|!])", re.IGNORECASE)
 _LEET = str.maketrans("0134578@$!|", "oieastbasil")
 _LEET_L = str.maketrans("0134578@$!|", "oleastbasll")
-LURE_WORDS = frozenset(
-    [
-        "viagra",
-        "cialis",
-        "levitra",
-        "pharmacy",
-        "casino",
-        "password",
-        "account",
-        "verify",
-        "verification",
-        "bank",
-        "paypal",
-        "bitcoin",
-        "crypto",
-        "lottery",
-        "winner",
-        "prize",
-        "free",
-        "money",
-        "cash",
-        "credit",
-        "loan",
-        "mortgage",
-        "porn",
-        "sex",
-        "dating",
-        "offer",
-        "urgent",
-        "invoice",
-        "refund",
-        "login",
-        "security",
-        "amazon",
-        "apple",
-        "microsoft",
-        "netflix",
-        "wallet",
-        "payment",
-    ]
-)
+LURE_WORDS = frozenset((
+    "viagra", "cialis", "levitra", "pharmacy", "casino", "password", "account", "verify",
+    "verification", "bank", "paypal", "bitcoin", "crypto", "lottery", "winner", "prize", "free",
+    "money", "cash", "credit", "loan", "mortgage", "porn", "sex", "dating", "offer", "urgent",
+    "invoice", "refund", "login", "security", "amazon", "apple", "microsoft", "netflix",
+    "wallet", "payment",
+))  # fmt: skip
 _LINK_TEXT_HOST = re.compile(
     r"^(?:https?://)?(?:[\w-]+\.)+[a-z]{2,24}(?:[/:?#]\S*)?$", re.IGNORECASE
 )

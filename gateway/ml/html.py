@@ -13,26 +13,12 @@ import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
-MAX_STACK = 200  # open elements tracked; deeper nesting is treated as its outermost style
+MAX_STACK = 200  # open elements tracked; deeper ones take the style of the 200th
 MAX_ANCHOR_TEXT = 200  # characters of an anchor's text kept for comparison with its href
-_VOID = frozenset(
-    [
-        "area",
-        "base",
-        "br",
-        "col",
-        "embed",
-        "hr",
-        "img",
-        "input",
-        "link",
-        "meta",
-        "param",
-        "source",
-        "track",
-        "wbr",
-    ]
-)
+_VOID = frozenset((
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+    "source", "track", "wbr",
+))  # fmt: skip
 _NOTABLE = frozenset(("img", "form", "iframe", "table", "font", "a", "input"))
 _HIDDEN_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?:\.0*)?(?:px|pt|em|%)?\s*(?:;|$|!)"
@@ -69,7 +55,8 @@ class HtmlReader(HTMLParser):
         # open elements: (tag, hidden, tiny)
         self._stack: list[tuple[str, bool, bool]] = []
         self._open: dict[str, int] = {}  # tag -> open count, so a stray end tag costs O(1)
-        self._anchor: tuple[str, list[str]] | None = None
+        self._anchor: tuple[str, list[str]] | None = None  # (href, text pieces) of an open <a>
+        self._anchor_chars = 0
 
     def _state(self) -> tuple[bool, bool]:
         return self._stack[-1][1:] if self._stack else (False, False)
@@ -77,7 +64,7 @@ class HtmlReader(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in ("script", "style"):
             self._skip += 1
-            self.doc.scripts += tag == "script"
+            self.doc.scripts += int(tag == "script")
         if tag in _NOTABLE:
             self.doc.tags.append(tag)
         if tag == "img":
@@ -96,7 +83,7 @@ class HtmlReader(HTMLParser):
                     href = value
             elif name == "style":
                 style = value
-            elif name == "size" and tag == "font" and value.strip() in ("0",):
+            elif name == "size" and tag == "font" and value.strip() == "0":
                 hidden_attr = True
         if tag == "input" and any(
             n == "type" and (v or "").strip().lower() == "password" for n, v in attrs
@@ -105,6 +92,7 @@ class HtmlReader(HTMLParser):
         if tag == "a":
             self._close_anchor()
             self._anchor = (href, []) if href else None
+            self._anchor_chars = 0
         if tag in _VOID:
             return
         hidden, tiny = self._state()
@@ -138,8 +126,9 @@ class HtmlReader(HTMLParser):
         if tiny:
             self.doc.tiny_chars += len(data) - data.count(" ") - data.count("\n")
         self.chunks.append(data)
-        if self._anchor is not None and sum(map(len, self._anchor[1])) < MAX_ANCHOR_TEXT:
+        if self._anchor is not None and self._anchor_chars < MAX_ANCHOR_TEXT:
             self._anchor[1].append(data)
+            self._anchor_chars += len(data)
 
     def _close_anchor(self) -> None:
         if self._anchor is not None:
