@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from gateway import __version__
 from gateway.config import Settings
 from gateway.errors import GatewayError
-from gateway.store.postgres import redacted
+from gateway.store.base import redacted
 
 MANIFEST = "MANIFEST.json"
 FORMAT = 1

@@ -19,9 +19,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from gateway.config import RedisConfig
 
 log = logging.getLogger(__name__)
@@ -30,8 +27,17 @@ log = logging.getLogger(__name__)
 LOCAL_ENTRIES = 100_000
 PASSED = -1.0  # a greylisting triplet that has passed (in LocalState)
 T = TypeVar("T")
-# What a Redis that is down, slow or confused raises (timeouts are OSError's TimeoutError).
-FAILURES = (RedisError, OSError)
+
+
+def failures() -> tuple[type[Exception], ...]:
+    """What a Redis that is down, slow or confused raises (timeouts are OSError's).
+
+    redis-py is imported only where Redis is configured: it costs every worker 16 MiB.
+    """
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError)
+
 
 # KEYS[1]: the bucket. ARGV: tokens per second, burst. 1 when a token was taken, else 0.
 TAKE = """
@@ -171,6 +177,8 @@ class RedisState:
     """The site's counts in Redis: one Lua script per operation."""
 
     def __init__(self, config: RedisConfig) -> None:
+        from redis.asyncio import Redis
+
         self.prefix = config.prefix
         self.client: Any = Redis.from_url(
             config.url,
@@ -237,7 +245,7 @@ class SharedState:
             try:
                 async with asyncio.timeout(self.config.timeout * 2):
                     answer = await call(redis)
-            except FAILURES as exc:  # fail open, visibly
+            except failures() as exc:  # fail open, visibly
                 self._failed(op, exc)
             else:
                 if self.last_error:
@@ -264,7 +272,7 @@ class SharedState:
         try:
             async with asyncio.timeout(self.config.timeout * 2):
                 await self.redis.ping()
-        except FAILURES as exc:
+        except failures() as exc:
             return f"Redis at {self.config.url}: {exc or type(exc).__name__}"
         return None
 

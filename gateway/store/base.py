@@ -35,6 +35,11 @@ LABEL_IN_FORCE = (
 Row = Mapping[str, Any]
 
 
+def redacted(url: str) -> str:
+    """A store or service URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
 class Cursor(Protocol):
     """What a statement run in a transaction gives back."""
 

@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gateway.errors import StoreError
 from gateway.events.schema import Retained, SecurityEvent
-from gateway.store.base import Cursor, Row, Store, Tx
+from gateway.store.base import Cursor, Row, Store, Tx, redacted
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,6 @@ AHEAD_DAYS = 7
 def _pg(sql: str) -> str:
     """The common SQL's ``?`` placeholders as psycopg's ``%s`` (a literal % doubled)."""
     return sql.replace("%", "%%").replace("?", "%s")
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 class PgTx:
