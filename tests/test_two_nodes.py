@@ -137,6 +137,7 @@ async def test_two_nodes_share_events_quarantine_and_limits_and_survive_a_kill(
         # try the next MX); nothing acknowledged is missing.
         acknowledged: list[str] = []
         failures: list[str] = []
+        first_via_a = asyncio.Event()
 
         async def burst(n: int) -> None:
             subject = f"burst-{n}"
@@ -145,6 +146,8 @@ async def test_two_nodes_share_events_quarantine_and_limits_and_survive_a_kill(
                     code = await send(port, f"s{n}@sender.test", subject)
                     if code == 250:
                         acknowledged.append(subject)
+                        if port == port_a:
+                            first_via_a.set()
                         return
                     failures.append(f"{subject}: {code}")
                 except (OSError, aiosmtplib.SMTPException) as exc:
@@ -152,10 +155,15 @@ async def test_two_nodes_share_events_quarantine_and_limits_and_survive_a_kill(
                     await asyncio.sleep(0.1)
 
         tasks = [asyncio.create_task(burst(n)) for n in range(60)]
-        await asyncio.sleep(0.3)
+        # Killed once node A has acknowledged a first message of the burst (a fixed delay
+        # could come after the whole burst on a loaded machine, and test nothing).
+        await asyncio.wait_for(first_via_a.wait(), 60)
         os.killpg(node_a.pid, signal.SIGKILL)
+        acknowledged_before_kill = len(acknowledged)
         await asyncio.gather(*tasks)
-        print(f"node A killed mid-burst: {len(failures)} attempts failed and were retried on B")
+        print(f"node A killed mid-burst after {acknowledged_before_kill} acknowledgements: "
+              f"{len(failures)} attempts failed and were retried on B")  # fmt: skip
+        assert acknowledged_before_kill < 60  # the kill did come in the middle of the burst
         assert len(acknowledged) == 60, failures
         arrived = {m.data.split(b"Subject: ")[1].split(b"\r\n")[0].decode()
                    for m in await sink.wait_for(len(sink.messages), timeout=5)}  # fmt: skip
