@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import gc
 import json
 import os
 import random
@@ -52,12 +51,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import dkim
 
 from bench.common import ROOT, load_corpus, percentile, table
 from bench.sink_server import SinkProcess
-from bench.throughput import DnsThread, cpu_seconds, family, family_cpu, peak_rss_mib
+from bench.throughput import (
+    ERRORS,
+    REFUSED,
+    DnsThread,
+    cpu_seconds,
+    family,
+    family_cpu,
+    load,
+    peak_rss_mib,
+)
 from gateway.message import ParsedMessage, crlf_line_ends
 from tests import authdata
 from tests.clamav import ClamdProcess
@@ -69,8 +76,6 @@ HARAKA_HOME = ROOT / "var" / "bench" / "haraka"
 SERVER_IP, CLIENT_IP = "198.51.100.7", "198.51.100.8"
 SHAPES = [(10, 10), (50, 10)]
 PY_SPY = shutil.which("py-spy")
-ERRORS: Counter[str] = Counter()
-REFUSED: Counter[str] = Counter()  # 554 after DATA: the message was scanned and refused
 MAX_SAMPLE_BYTES = 20_000
 _ADDRESS = re.compile(rb"^(?:from):.*?([\w.+-]+@([a-z0-9-]+(?:\.[a-z0-9-]+)+))", re.I | re.M)
 
@@ -204,57 +209,6 @@ def sample(signer: Signer) -> tuple[list[tuple[str, bytes]], dict[str, tuple[str
         assert signed is not None, name
         named[name] = signed
     return mixed, named
-
-
-# --- load ---------------------------------------------------------------------------------
-
-
-async def session(
-    host: str, port: int, batch: list[tuple[str, bytes]], source: str | None, latencies: list[float]
-) -> int:
-    sent = 0
-    client = aiosmtplib.SMTP(hostname=host, port=port, timeout=120,
-                             source_address=(source, 0) if source else None)  # fmt: skip
-    await client.connect()
-    try:
-        for sender, raw in batch:
-            started = time.perf_counter()
-            try:
-                await client.sendmail(sender, ["bob@example.test"], raw)
-                sent += 1
-            except aiosmtplib.SMTPResponseException as exc:
-                if exc.code == 554:  # refused by policy after DATA: handled all the same
-                    REFUSED[exc.message.split(" [")[0][:60]] += 1
-                    sent += 1
-                else:  # deferred or refused before DATA: not handled
-                    ERRORS[f"{exc.code} {exc.message[:60]}"] += 1
-            latencies.append((time.perf_counter() - started) * 1000)
-    finally:
-        try:
-            await client.quit()
-        except aiosmtplib.SMTPException:
-            client.close()
-    return sent
-
-
-async def load(host: str, port: int, messages: list[tuple[str, bytes]], concurrency: int,
-               per_session: int, total: int, source: str | None) -> dict[str, Any]:  # fmt: skip
-    queue = [messages[i % len(messages)] for i in range(total)]
-    batches = [queue[i : i + per_session] for i in range(0, len(queue), per_session)]
-    latencies: list[float] = []
-    sent = 0
-    gc.collect()
-    gc.freeze()
-    started = time.perf_counter()
-
-    async def worker() -> None:
-        nonlocal sent
-        while batches:
-            done = await session(host, port, batches.pop(), source, latencies)
-            sent += done
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {"rate": sent / (time.perf_counter() - started), "sent": sent, "latencies": latencies}
 
 
 # --- servers ------------------------------------------------------------------------------
@@ -478,11 +432,11 @@ def main(total: int, quick: bool, profile: Path | None = None) -> None:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
             time.sleep(1)
         try:
-            asyncio.run(load(target_host, target_port, mixed, 4, 5, 40, src))  # warm-up
+            asyncio.run(load(target_port, mixed, 4, 5, 40, target_host, src))  # warm-up
             before = family_cpu(server.pid) if server else 0.0
             clamd_before = cpu_seconds(clamd.process.pid)
             results = {
-                shape: asyncio.run(load(target_host, target_port, mixed, *shape, total, src))
+                shape: asyncio.run(load(target_port, mixed, *shape, total, target_host, src))
                 for shape in SHAPES
             }
             sent = sum(r["sent"] for r in results.values())
@@ -498,16 +452,9 @@ def main(total: int, quick: bool, profile: Path | None = None) -> None:
             if server is not None and ("1 process" in name or "every check on" in name):
                 for kind, message in named.items():
                     count = 40 if kind == "1 MB" else min(total, 300)
+                    sessions = 4 if kind == "1 MB" else 10
                     r = asyncio.run(
-                        load(
-                            target_host,
-                            target_port,
-                            [message],
-                            10 if kind != "1 MB" else 4,
-                            5,
-                            count,
-                            src,
-                        )
+                        load(target_port, [message], sessions, 5, count, target_host, src)
                     )
                     per_type.append([name, kind, f"{len(message[1]) / 1024:.1f}", f"{r['rate']:.1f}",
                                      percentile(r["latencies"], 50), percentile(r["latencies"], 99)])  # fmt: skip

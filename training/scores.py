@@ -291,7 +291,7 @@ def fit(
                    kept, anchor)  # fmt: skip
 
 
-def learned_total(sample: Sample, learned: Learned, current: Mapping[str, Score]) -> float:
+def learned_total(sample: Sample, learned: Learned) -> float:
     """The overall score of a sample under learned weights (others keep their score)."""
     total = learned.per_log_odds * (sample.log_odds - learned.offset)
     for name, score in sample.symbols.items():
@@ -323,7 +323,7 @@ def figures(
         learned = fit([samples[i] for i in train], current, quarantine, target_fpr,
                       model_threshold, min_count)  # fmt: skip
         for i in test:
-            learned_scores[i] = learned_total(samples[i], learned, current)
+            learned_scores[i] = learned_total(samples[i], learned)
         for name, scores in zip(ROWS, (model, in_force, learned_scores), strict=True):
             ranking[name].append(_ranking(labels[test], scores[test]))
     confident = model >= log_odds(model_threshold)
