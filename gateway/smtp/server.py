@@ -7,6 +7,8 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass, field
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
@@ -166,6 +168,31 @@ class MailmoatSMTP(SMTP):
         return self.client.mail_pending or (
             self.envelope is not None and self.envelope.mail_from is not None
         )
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd 1.4's address parsing of MAIL and RCPT, without its per-call class.
+
+        aiosmtpd defines a typing-only ``Protocol`` class inside ``_getaddr``, so every MAIL
+        and every RCPT builds a class (ABCMeta): 34 of the method's 50 us, 2% of a
+        pass-through message in bench.peers' profile. Same results (tested against it),
+        except that an address the stdlib parser chokes on (``<alice@``: IndexError, which
+        aiosmtpd answered with ``500 Error: (IndexError) ...``) is a malformed address.
+        """
+        if not arg:
+            return "", ""
+        address: Any  # an AngleAddr or an AddrSpec token: both have addr_spec
+        try:
+            if arg.lstrip().startswith("<"):
+                address, rest = get_angle_addr(arg)
+            else:
+                address, rest = get_addr_spec(arg)
+        except (HeaderParseError, IndexError):
+            return None, None
+        addr: str = address.addr_spec
+        localpart = addr.rpartition("@")[0]
+        if self.local_part_limit and len(localpart) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         # After a final reply (421: errors, timeout) aiosmtpd still parses the commands the
