@@ -428,7 +428,7 @@ def main(total: int, quick: bool, profile: Path | None = None) -> None:
             profile.mkdir(parents=True, exist_ok=True)
             spy_out = profile / f"{name[:2].strip('. ')}.txt"
             spy = subprocess.Popen([PY_SPY, "record", "--pid", str(server.pid), "--subprocesses", "--format", "raw",
-                                    "--rate", "200", "--output", str(spy_out)],
+                                    "--rate", "200", "--gil", "--output", str(spy_out)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
             time.sleep(1)
         try:
