@@ -49,6 +49,7 @@ from gateway.config import Score, Settings
 from gateway.context import Envelope, ScanContext
 from gateway.errors import ConfigError
 from gateway.message import ParsedMessage, crlf_line_ends
+from gateway.ml.features import Features
 from gateway.pipeline import Pipeline
 from gateway.store import Store
 from training.corpus import iter_messages, label_from_path
@@ -147,8 +148,7 @@ async def _scan_corpus(
     scanned: list[tuple[str, Sample]] = []
     excluded = 0
     try:
-        for number, (source, raw) in enumerate(_labelled(path)):
-            label = int(label_from_path(source) == "spam")
+        for number, (source, label, raw) in enumerate(_labelled(path)):
             raw = crlf_line_ends(raw)
             envelope = Envelope(
                 id=f"scores.{number}", raw=raw, mail_from=envelope_sender(raw),
@@ -182,10 +182,12 @@ def envelope_sender(raw: bytes) -> str:
     return message.from_mailboxes[0].address if message.from_mailboxes else ""
 
 
-def _labelled(path: Path) -> Iterator[tuple[str, bytes]]:
+def _labelled(path: Path) -> Iterator[tuple[str, int, bytes]]:
+    """(source, 1 for spam or 0 for ham, raw) of each message its folder labels."""
     for source, raw in iter_messages(path):
-        if label_from_path(source) is not None:
-            yield source, raw
+        label = label_from_path(source)
+        if label is not None:
+            yield source, int(label == "spam"), raw
 
 
 def from_events(
@@ -196,7 +198,7 @@ def from_events(
     excluded = 0
     for row in store.labelled_messages(since, until):
         snapshot = row.get("features")
-        if snapshot and content_key_of(snapshot) in trained:
+        if snapshot and content_key(Features.from_dict(dict(snapshot))) in trained:
             excluded += 1
             continue
         event = store.get(row["event_id"])
@@ -205,12 +207,6 @@ def from_events(
         if sample is not None:
             samples.append(sample)
     return samples, excluded
-
-
-def content_key_of(snapshot: Mapping[str, Any]) -> str:
-    from gateway.ml.features import Features
-
-    return content_key(Features.from_dict(dict(snapshot)))
 
 
 def _matrix(samples: list[Sample], columns: list[str]) -> np.ndarray[Any, Any]:

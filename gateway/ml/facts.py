@@ -172,7 +172,7 @@ def html_facts(docs: Sequence[HtmlDoc], words: int) -> dict[str, Any]:
     tiny = sum(d.tiny_chars for d in docs)
     if tiny >= TINY_CHARS:
         facts["HTML_TINY_FONT"] = {"chars": tiny}
-    images = sum(d.images for d in docs)
+    images = sum(d.tags.count("img") for d in docs)
     if images and words < IMAGE_ONLY_WORDS:
         facts["HTML_IMAGE_ONLY"] = {"images": images, "words": words}
     if any("form" in d.tags or "input" in d.tags for d in docs):

@@ -39,7 +39,6 @@ class HtmlDoc:
     anchors: list[tuple[str, str]] = field(default_factory=list)
     hidden_chars: int = 0  # visible-looking characters in display:none and the like
     tiny_chars: int = 0  # characters in a 1-2 px/pt font
-    images: int = 0
     scripts: int = 0
     password_fields: int = 0  # <input type="password">
 
@@ -67,8 +66,6 @@ class HtmlReader(HTMLParser):
             self.doc.scripts += int(tag == "script")
         if tag in _NOTABLE:
             self.doc.tags.append(tag)
-        if tag == "img":
-            self.doc.images += 1
         href = ""
         style = ""
         hidden_attr = False
