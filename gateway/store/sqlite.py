@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -114,6 +115,23 @@ CREATE TABLE IF NOT EXISTS sender_allows (
 """
 
 
+def _enter_wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode, waiting (up to BUSY_TIMEOUT_MS) while another opener holds it.
+
+    SQLite does not call the busy handler for this switch: two workers opening a new file at
+    once, one got "database is locked" at once, died, and was forked again a second later.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
+
+
 class Checkpointer:
     """Copies the WAL into the database from a thread of its own, every ``interval`` seconds.
 
@@ -164,7 +182,7 @@ class SqliteStore(Store):
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
+            _enter_wal(self.db)
             # NORMAL in WAL mode: a commit survives a crash of the process, and events are
             # written in groups. Transactions that must survive power loss too (the
             # quarantine index) ask for durable=True and are committed with FULL.
