@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -100,6 +101,29 @@ class _Recorder(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+_END_OF_HEADER = re.compile(rb"\n\r?\n")
+_LINE_END = re.compile(rb"\r?\n")
+
+
+def split_for_dkim(raw: bytes) -> tuple[list[list[bytes]], bytes]:
+    """dkimpy's rfc822_parse (headers, body with CRLF line ends), with the body left whole.
+
+    rfc822_parse splits the whole message into lines by a regex and joins the body again:
+    9.4 ms for a 1 MB message, on the event loop (5% of the peers benchmark's CPU). Only the
+    header block is handed to it here (1.3 ms in all); the body is kept as it is, or has its
+    bare LFs made CRLF when it has some. Small messages cost the same either way.
+    """
+    end = _END_OF_HEADER.search(raw)
+    if end is None or raw.startswith((b"\n", b"\r\n")):
+        whole: tuple[list[list[bytes]], bytes] = dkim.rfc822_parse(raw)
+        return whole  # no body, or no header: as dkimpy would
+    headers: list[list[bytes]] = dkim.rfc822_parse(raw[: end.end()])[0]
+    body = raw[end.end() :]
+    if body.count(b"\n") != body.count(b"\r\n"):
+        body = _LINE_END.sub(b"\r\n", body)
+    return headers, body
+
+
 class ParsedForDkim:
     """A message parsed once by dkimpy, its signatures verified one by one.
 
@@ -111,7 +135,8 @@ class ParsedForDkim:
         self.recorder = _Recorder()
         logger = logging.Logger("dkimpy", logging.ERROR)  # noqa: LOG001 - private
         logger.addHandler(self.recorder)
-        self.dkim = dkim.DKIM(raw, logger=logger, minkey=minkey)  # DKIMException: unparseable
+        self.dkim = dkim.DKIM(None, logger=logger, minkey=minkey)
+        self.dkim.headers, self.dkim.body = split_for_dkim(raw)  # DKIMException: unparseable
 
     def signatures(self) -> list[dict[bytes, bytes]]:
         """The tags of every DKIM-Signature header, topmost first (unparseable ones as {})."""
