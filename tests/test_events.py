@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import time
@@ -50,6 +51,17 @@ def test_round_trip_and_schema(store):
     assert original.to_dict()["schema"] == 1
     mode = store.db.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+def test_the_json_line_is_built_once_and_is_the_events_shape():
+    original = event(1, subject="first")
+    line = original.to_json()
+    assert original.to_json() is line  # the events log and the store share one line
+    assert json.loads(line) == original.to_dict()
+    assert "_json" not in original.to_dict()
+    changed = dataclasses.replace(original, subject="second")
+    assert json.loads(changed.to_json())["subject"] == "second"  # not the first's line
+    assert SecurityEvent.from_dict(json.loads(line)) == original
 
 
 def test_filters(store):

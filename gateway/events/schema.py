@@ -71,6 +71,9 @@ class SecurityEvent:
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     details: Mapping[str, Any] = field(default_factory=dict)
+    # The JSON line, built once: the events log and the store both write it (not a field of
+    # the event's shape; an event is never changed once made).
+    _json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of an event (``schema`` versioned: training reads it).
@@ -90,19 +93,23 @@ class SecurityEvent:
 
     def to_json(self) -> str:
         """One compact line: the events log, JSON lines files."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        line = self._json
+        if line is None:
+            line = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+            object.__setattr__(self, "_json", line)  # frozen: a cache, not a change
+        return line
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SecurityEvent:
         """Inverse of to_dict (unknown keys are ignored, for forward compatibility)."""
-        names = set(cls.__dataclass_fields__)
+        names = set(_EVENT_FIELDS)
         values = {k: v for k, v in data.items() if k in names}
         values["rcpts"] = tuple(values.get("rcpts", ()))
         values["symbols"] = tuple(values.get("symbols", ()))
         return cls(**values)
 
 
-_EVENT_FIELDS = tuple(f.name for f in fields(SecurityEvent))
+_EVENT_FIELDS = tuple(f.name for f in fields(SecurityEvent) if f.init)
 
 
 @dataclass(frozen=True, slots=True)
