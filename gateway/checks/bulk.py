@@ -43,6 +43,7 @@ _A = _RANDOM.integers(1, 2**31, HASHES, dtype=np.uint64)
 _B = _RANDOM.integers(0, 2**31, HASHES, dtype=np.uint64)
 _URL = re.compile(r"https?://([^/\s\"'<>]+)[^\s\"'<>]*", re.IGNORECASE)
 _WORD = re.compile(r"\w+")
+_DIGIT = re.compile(r"\d")
 
 
 class BulkConfig(CheckConfig):
@@ -59,7 +60,7 @@ class BulkConfig(CheckConfig):
 def shingles(text: str) -> list[str]:
     """The text's normalised word shingles."""
     text = _URL.sub(lambda m: f" url {m.group(1).lower()} ", text[:MAX_TEXT])
-    words = [re.sub(r"\d", "0", w) for w in _WORD.findall(text.lower())]
+    words = _WORD.findall(_DIGIT.sub("0", text.lower()))  # digits stay word characters
     return [" ".join(words[i : i + SHINGLE]) for i in range(len(words) - SHINGLE + 1)]
 
 
