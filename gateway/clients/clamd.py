@@ -8,6 +8,8 @@ clamd sees during a burst (bench/antivirus.py compares the two).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import socket
 import struct
 from collections.abc import Iterable, Iterator
@@ -50,6 +52,28 @@ def parse_address(address: str) -> ClamdAddress:
     return ClamdAddress(host=host, port=port)
 
 
+async def _connected(
+    loop: asyncio.AbstractEventLoop, family: socket.AddressFamily, address: Any
+) -> socket.socket:
+    """A non-blocking stream socket of ``family`` connected to ``address``."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _address_family(host: str) -> socket.AddressFamily | None:
+    """AF_INET or AF_INET6 when ``host`` is an IP address, None for a name (or no host)."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+
+
 class ClamdClient:
     """INSTREAM scans with a per-scan timeout and at most ``max_concurrency`` at once."""
 
@@ -65,23 +89,20 @@ class ClamdClient:
         self.timeout = timeout
         self.chunk_size = chunk_size
         self.slots = asyncio.Semaphore(max_concurrency)
+        self.literal = _address_family(self.target.host)
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
         target = self.target
         if target.path is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            address: Any = target.path
-        else:
-            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-            family, kind, proto, _, address = infos[0]
-            sock = socket.socket(family, kind, proto)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, address)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+            return await _connected(loop, socket.AF_UNIX, target.path)
+        if self.literal is not None:  # an address: no lookup (a thread hop) per scan
+            return await _connected(loop, self.literal, (target.host, target.port))
+        infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        for family, _, _, _, address in infos[:-1]:  # a name's addresses in turn (::1, then
+            with contextlib.suppress(OSError):  # 127.0.0.1 for localhost, on some hosts)
+                return await _connected(loop, family, address)
+        family, _, _, _, address = infos[-1]
+        return await _connected(loop, family, address)
 
     async def _exchange(self, frames: Iterable[bytes | memoryview]) -> str:
         """Connect, send the frames, read one NUL-terminated answer; errors become ClamdError.

@@ -119,6 +119,23 @@ async def test_client_ping_and_version(clamd):
     assert "ClamAV" in await client.version()
 
 
+async def test_client_over_tcp_by_address_and_by_name(tmp_path):
+    """clamd on TCP: an IP address is connected to directly, a name is looked up."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = ClamdProcess(tmp_path, extra=f"TCPSocket {port}\nTCPAddr 127.0.0.1\n").start()
+    try:
+        for address in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            client = ClamdClient(address)
+            assert (client.literal is None) == address.startswith("localhost")
+            found = await client.scan(EICAR)
+            assert found.infected and "EICAR" in found.signature, address
+            assert not (await client.scan(b"clean")).infected
+    finally:
+        server.stop()
+
+
 async def test_client_over_tcp_to_a_closed_port():
     from tests.conftest import free_port
 
