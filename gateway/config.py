@@ -253,7 +253,9 @@ class StoreConfig(FrozenModel):
     jsonl: Path | None = None
     # Raw messages kept for retraining and replay (compressed): this fraction of all mail,
     # plus every quarantined one; kept retain_days, forever once labelled. Feature snapshots
-    # are kept for every message, so labels stay trainable after the raw expires.
+    # are kept for every message whose features a check or rule read (the classifier,
+    # heuristics, bulk...) and every one kept raw, so labels stay trainable after the raw
+    # expires.
     retain_sample_rate: Annotated[float, Field(ge=0, le=1)] = 0.1
     retain_days: PositiveFloat = 30.0
     retain_max_bytes: PositiveInt = 10 * 1024 * 1024

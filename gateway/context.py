@@ -73,6 +73,11 @@ class ScanContext:
         return self._extracted[0]
 
     @property
+    def has_features(self) -> bool:
+        """Whether the features were computed already (a check asked for them)."""
+        return "_extracted" in self.__dict__
+
+    @property
     def facts(self) -> dict[str, Any]:
         """URL, HTML and text facts (gateway.ml.facts), from the same pass as the features."""
         return self._extracted[1]

@@ -130,7 +130,8 @@ async def test_client_over_tcp_by_address_and_by_name(tmp_path):
             client = ClamdClient(address)
             assert (client.literal is None) == address.startswith("localhost")
             found = await client.scan(EICAR)
-            assert found.infected and "EICAR" in found.signature, address
+            assert found.infected, address
+            assert "EICAR" in found.signature
             assert not (await client.scan(b"clean")).infected
     finally:
         server.stop()

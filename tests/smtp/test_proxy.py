@@ -46,7 +46,7 @@ async def test_delivery_adds_headers_and_removes_forged_ones(gateway, sink):
 
     [event] = gateway.events(kind="message")
     assert event.action == "accept"
-    # Every message keeps a feature snapshot (the raw bytes only when sampled).
+    # Every message a check read the features of keeps them (the raw only when sampled).
     assert gateway.gateway.store.retained(event.id).features["text"].startswith("Hello")
     assert event.mail_from == "alice@sender.test"
     assert event.rcpts == ("bob@example.test",)
@@ -187,6 +187,29 @@ async def test_quarantined_message_is_released_and_arrives(sink, config_factory)
         label = gw.gateway.store.current_label(entry.id)
         assert (label.label, label.source) == ("ham", "release")
         assert [e.action for e in gw.events(kind="quarantine_release")] == ["release"]
+
+
+async def test_with_no_check_reading_features_only_kept_messages_get_a_snapshot(
+    sink, config_factory, tmp_path
+):
+    """Pass-through (no classifier, heuristics or bulk check): features are not extracted
+    for every message only to be stored; the messages kept raw (sampled, quarantined) still
+    get them."""
+    for rate, kept in ((0.0, False), (1.0, True)):
+        config = config_factory(
+            sink.port,
+            checks__heuristics={"enabled": False},
+            checks__bulk={"enabled": False},
+            store={"retain_sample_rate": rate, "path": str(tmp_path / f"store-{rate}")},
+        )
+        async with running_gateway(config) as gw:
+            await send(gw.port, "alice@sender.test", ["bob@example.test"], message())
+            [event] = gw.events(kind="message")
+            retained = gw.gateway.store.retained(event.id)
+            assert (retained.raw is not None) is kept
+            assert (retained.features is not None) is kept, rate
+            if kept:
+                assert retained.features["version"] == FEATURE_VERSION
 
 
 async def test_release_to_a_down_backend_keeps_the_message_held(sink, config_factory):
