@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import Any
 
 from gateway.message import ParsedMessage
-from gateway.ml.features import Features, extract_with_facts
+from gateway.ml.features import Extraction, Features, extract_all
 
 
 def new_connection_id() -> str:
@@ -64,13 +64,13 @@ class ScanContext:
         return ParsedMessage.parse(self.envelope.raw)
 
     @cached_property
-    def _extracted(self) -> tuple[Features, dict[str, Any]]:
-        return extract_with_facts(self.message)
+    def _extracted(self) -> Extraction:
+        return extract_all(self.message)
 
     @property
     def features(self) -> Features:
         """Model features, computed once: used by the classifier and stored with the event."""
-        return self._extracted[0]
+        return self._extracted.features
 
     @property
     def has_features(self) -> bool:
@@ -80,4 +80,9 @@ class ScanContext:
     @property
     def facts(self) -> dict[str, Any]:
         """URL, HTML and text facts (gateway.ml.facts), from the same pass as the features."""
-        return self._extracted[1]
+        return self._extracted.facts
+
+    @property
+    def urls(self) -> list[str]:
+        """The message's links and URLs (bounded), from the same pass: rules, reputation."""
+        return self._extracted.urls

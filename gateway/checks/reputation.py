@@ -27,7 +27,6 @@ from gateway.clients.dns import DnsClient, DnsTempError
 from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.errors import NotConfigured
-from gateway.ml.features import message_urls
 from gateway.services import Services
 from gateway.types import Effect, Finding, Status
 
@@ -119,7 +118,7 @@ class ReputationCheck:
         sender_domains = [ctx.envelope.mail_from.rpartition("@")[2]]
         sender_domains += [m.domain for m in ctx.message.from_mailboxes if m.domain]
         link_domains = []
-        for url in message_urls(ctx.message):
+        for url in ctx.urls:
             host = (urlsplit(url).hostname or "").rstrip(".").lower()
             if host and not _is_ip(host):
                 link_domains.append(host)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from gateway.message import ParsedMessage, decode_header_value
@@ -87,19 +88,28 @@ def _decode(part: Any) -> str:
         return payload.decode("latin-1")
 
 
-def message_urls(message: ParsedMessage) -> list[str]:
-    """URLs in the text parts and HTML links (bounded like extract()); for rules."""
-    urls: list[str] = []
-    for part in message.walk(max_depth=10, max_parts=MAX_PARTS * 5).parts[:MAX_PARTS]:
-        if part.is_attachment:
-            continue
-        if part.content_type == "text/html":
-            text, links, _ = html_to_text(_decode(part.part))
+@dataclass(frozen=True)
+class Extraction:
+    """One pass over a message's text parts: the model's features, the facts, and each
+    part's decoded text and links, from which the URLs of rules and reputation are drawn."""
+
+    features: Features
+    facts: dict[str, Any]
+    parts: tuple[tuple[str, tuple[str, ...]], ...]  # (text, links) of each text part
+
+    @cached_property
+    def urls(self) -> list[str]:
+        """Each part's links, then the URLs in its text, in order (bounded): for rules.
+
+        From every part's whole text, where the model's URLs come from its (capped) text.
+        """
+        urls: list[str] = []
+        for text, links in self.parts:
+            if len(urls) >= MAX_URLS * 4:
+                break
             urls.extend(links)
             urls.extend(find_urls(text))
-        elif part.content_type.startswith("text/"):
-            urls.extend(find_urls(_decode(part.part)))
-    return urls[: MAX_URLS * 4]
+        return urls[: MAX_URLS * 4]
 
 
 def extract(message: ParsedMessage) -> Features:
@@ -108,12 +118,19 @@ def extract(message: ParsedMessage) -> Features:
 
 
 def extract_with_facts(message: ParsedMessage) -> tuple[Features, dict[str, Any]]:
-    """The features and the facts (gateway.ml.facts: name -> detail) of one message.
+    """The features and the facts (gateway.ml.facts: name -> detail) of one message."""
+    extraction = extract_all(message)
+    return extraction.features, extraction.facts
 
-    One pass over the parts serves both: the heuristics check reports the facts as symbols,
-    and the model sees them as ``fact:`` tokens.
+
+def extract_all(message: ParsedMessage) -> Extraction:
+    """Features, facts and the parts' text and links of one message.
+
+    One pass over the parts serves all: the heuristics check reports the facts as symbols,
+    the model sees them as ``fact:`` tokens, rules and reputation read the URLs.
     """
     tokens: list[str] = []
+    sources: list[tuple[str, tuple[str, ...]]] = []
     texts: list[str] = []
     urls: list[str] = []
     docs: list[HtmlDoc] = []
@@ -136,8 +153,10 @@ def extract_with_facts(message: ParsedMessage) -> tuple[Features, dict[str, Any]
             urls.extend(doc.links)
             tokens.extend(f"html:{tag}" for tag in sorted(set(doc.tags)))
             texts.append(doc.text)
+            sources.append((doc.text, tuple(doc.links)))
         elif ctype.startswith("text/"):
             texts.append(_decode(part.part))
+            sources.append((texts[-1], ()))
     text = html.unescape(squeeze_whitespace(" ".join(texts)))[:MAX_TEXT]
     urls.extend(find_urls(text))
     urls = urls[:MAX_URLS]
@@ -154,7 +173,7 @@ def extract_with_facts(message: ParsedMessage) -> tuple[Features, dict[str, Any]
         **from_name_facts((m.display_name, m.domain) for m in message.from_mailboxes[:5]),
     }
     tokens.extend(f"fact:{name}" for name in sorted(facts))
-    return Features(f"{subject}\n{text}", tuple(tokens)), facts
+    return Extraction(Features(f"{subject}\n{text}", tuple(tokens)), facts, tuple(sources))
 
 
 # Header fields whose presence says nothing about the message itself: trace fields added on

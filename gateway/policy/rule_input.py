@@ -8,7 +8,6 @@ from typing import Any
 
 from gateway.auth.dmarc import organizational_domain
 from gateway.context import ScanContext
-from gateway.ml.features import message_urls
 from gateway.types import Finding
 
 MAX_TEXT = 100_000  # characters of subject/body a regex may look at
@@ -103,7 +102,7 @@ class RuleInput:
 
     @cached_property
     def urls(self) -> list[str]:
-        return message_urls(self.ctx.message)
+        return self.ctx.urls
 
     @cached_property
     def url_domains(self) -> list[str]:

@@ -7,7 +7,14 @@ import re
 import pytest
 
 from gateway.message import ParsedMessage
-from gateway.ml.features import FEATURE_VERSION, MAX_TEXT, Features, extract, html_to_text
+from gateway.ml.features import (
+    FEATURE_VERSION,
+    MAX_TEXT,
+    Features,
+    extract,
+    extract_all,
+    html_to_text,
+)
 from tests.messages import with_attachments
 
 BASE = (
@@ -96,3 +103,27 @@ def test_urls_found_as_the_regex_finds_them(text):
     from gateway.ml.features import _URL, find_urls
 
     assert find_urls(text) == _URL.findall(text)
+
+
+def test_the_urls_of_rules_come_from_the_same_pass_and_every_part_whole():
+    """Rules and reputation read each part's links and text URLs, in order, from the pass
+    that made the features; a URL past the model's text cap is still there for them."""
+    late = "x " * MAX_TEXT + "http://late.example/past-the-cap"
+    raw = (
+        b"From: a@shop.test\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/alternative; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nsee http://plain.example/1 and\r\n"
+        + late.encode()
+        + b"\r\n--b\r\nContent-Type: text/html\r\n\r\n"
+        b"<a href='http://html.example/2'>here</a> or http://text-in-html.example/3\r\n"
+        b"--b--\r\n"
+    )
+    extraction = extract_all(ParsedMessage.parse(raw))
+    assert extraction.urls == [
+        "http://plain.example/1",
+        "http://late.example/past-the-cap",
+        "http://html.example/2",
+        "http://text-in-html.example/3",
+    ]
+    assert "url:plain.example" in extraction.features.tokens
+    assert "url:late.example" not in extraction.features.tokens  # past the model's text
