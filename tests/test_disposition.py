@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.disposition import fold, stamp, strip_headers, verdict_headers
+from gateway.disposition import fold, stamp, verdict_headers
 from gateway.types import Action, ScoredSymbol, Status, Verdict
 
 
@@ -16,7 +16,7 @@ def test_forged_headers_removed_including_folded_continuations():
         b"X-Mailmoat-Score: -50\r\n\tcontinued\r\nSubject: s\r\nx-spam-flag: NO\r\n"
         b"\r\nX-Mailmoat-Score: in the body stays\r\n"
     )
-    out = strip_headers(raw, [b"x-mailmoat-score", b"x-spam-flag"])
+    out = stamp(raw, [])
     assert out == b"Subject: s\r\n\r\nX-Mailmoat-Score: in the body stays\r\n"
 
 

@@ -9,7 +9,6 @@ from gateway.auth.arc import ArcResult
 from gateway.auth.dkim import DkimResult
 from gateway.auth.dmarc import DmarcResult
 from gateway.auth.spf import SpfResult
-from gateway.message import iter_header_fields, split_header_block
 
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+\-./=?^_`{|}~@]+$")
 _COMMENT = re.compile(r"\([^()]*\)")
@@ -70,14 +69,3 @@ def claims(name: bytes, field: bytes, authserv_id: str) -> bool:
         return False
     value = field.split(b":", 1)[1].decode("utf-8", "replace")
     return authserv_id_of(value) == authserv_id.lower()
-
-
-def strip_forged(raw: bytes, authserv_id: str) -> bytes:
-    """Remove every Authentication-Results field that claims our authserv-id (RFC 8601 5)."""
-    block, body = split_header_block(raw)
-    kept = [
-        text
-        for name, text in iter_header_fields(block)
-        if name is None or not claims(name, text, authserv_id)
-    ]
-    return b"".join(kept) + body

@@ -10,9 +10,10 @@ import pytest
 from bench.common import load_corpus
 from gateway.auth.dkim import split_for_dkim
 from gateway.auth.dmarc import aligned, evaluate, organizational_domain, parse_record
-from gateway.auth.results import authserv_id_of, strip_forged
+from gateway.auth.results import authserv_id_of
 from gateway.clients.dns import DnsClient
 from gateway.config import DnsConfig
+from gateway.disposition import stamp
 from gateway.message import crlf_line_ends
 from gateway.types import Action
 from tests import authdata
@@ -285,7 +286,7 @@ def test_forged_authentication_results_claiming_our_id_are_removed():
         b"Authentication-Results: other.test; spf=fail\r\n"
         b"Subject: hi\r\n\r\nAuthentication-Results: mx.test; in the body\r\n"
     )
-    out = strip_forged(raw, "mx.test")
+    out = stamp(raw, [], "mx.test")  # as every message on its way out
     assert out == (
         b"Authentication-Results: other.test; spf=fail\r\n"
         b"Subject: hi\r\n\r\nAuthentication-Results: mx.test; in the body\r\n"
