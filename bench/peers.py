@@ -58,7 +58,7 @@ from bench.sink_server import SinkProcess
 from bench.throughput import (
     ERRORS,
     REFUSED,
-    DnsThread,
+    DnsProcess,
     cpu_seconds,
     family,
     family_cpu,
@@ -350,7 +350,7 @@ def main(total: int, quick: bool, profile: Path | None = None) -> None:
     client_ip = source or "127.0.0.1"
     signer = Signer(tmp, client_ip)
     mixed, named = sample(signer)
-    dns = DnsThread(signer.zone)
+    dns = DnsProcess(signer.zone)
     haraka = install_haraka()
     sink_port = free_port()
     c_sink = smtp_sink(sink_port)

@@ -32,7 +32,7 @@ import aiosmtplib
 
 from bench.common import load_corpus, percentile, rss_kib, table
 from bench.sink_server import SOAK_ID, SinkProcess
-from bench.throughput import DnsThread, Gateway, family
+from bench.throughput import DnsProcess, Gateway, family
 from tests import authdata
 from tests.clamav import EICAR, ClamdProcess
 from tests.conftest import free_port, write_config
@@ -195,7 +195,7 @@ def main(seconds: float, connections: int) -> int:
     zone.add("bench.test", "TXT", txt("v=spf1 ip4:127.0.0.0/8 -all"))
     zone.add("sel._domainkey.bench.test", "TXT", txt(f"v=DKIM1; k=rsa; p={keys.rsa_public_b64}"))  # type: ignore[attr-defined]
     zone.add("_dmarc.bench.test", "TXT", txt("v=DMARC1; p=reject"))
-    dns = DnsThread(zone)
+    dns = DnsProcess(zone)
     sink = SinkProcess(free_port(), tmp / "delivered.txt")
     sink.start()
     clamd = ClamdProcess(tmp / "clamd", stream_max="64M").start()
