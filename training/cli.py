@@ -14,7 +14,7 @@ from gateway.context import new_connection_id
 from gateway.errors import ConfigError
 from gateway.events import Retained, SecurityEvent, parse_time
 from gateway.message import ParsedMessage
-from gateway.ml.features import extract
+from gateway.ml.features import FEATURE_VERSION, extract
 from gateway.ml.model import load_model, seeded_registry
 from gateway.store import open_store
 from training import dataset as datasets
@@ -161,6 +161,7 @@ def cmd_model(args: argparse.Namespace, settings: Settings) -> int:
 
 def _dataset(args: argparse.Namespace, settings: Settings) -> int:
     records: list[datasets.Record] = []
+    left_out: list[str] = []  # labelled events that cannot be featurised
     for path in args.corpus:
         records.extend(datasets.from_corpus(Path(path)))
     if args.events:
@@ -168,9 +169,13 @@ def _dataset(args: argparse.Namespace, settings: Settings) -> int:
         try:
             since = parse_time(args.since) if args.since else None
             until = parse_time(args.until) if args.until else None
-            records.extend(datasets.from_events(store, since, until))
+            records.extend(datasets.from_events(store, since, until, left_out))
         finally:
             store.close()
+        if left_out:
+            print(f"warning: {len(left_out)} labelled events left out: neither a feature "
+                  f"snapshot of version {FEATURE_VERSION} nor the raw message is kept for them "
+                  f"(e.g. {', '.join(left_out[:3])})", file=sys.stderr)  # fmt: skip
     if not records:
         raise ConfigError("no labelled messages: give --corpus PATH and/or --events")
     unique = records if args.keep_duplicates else datasets.deduplicate(records)
@@ -193,7 +198,8 @@ def _dataset(args: argparse.Namespace, settings: Settings) -> int:
     out = Path(args.out) if args.out else settings.training.datasets_dir / (
         f"dataset-{datetime.now(UTC):%Y%m%d-%H%M%S}.jsonl.gz")  # fmt: skip
     description = {"corpora": args.corpus, "events": args.events, "split": args.split,
-                   "duplicates_dropped": len(records) - len(unique)}  # fmt: skip
+                   "duplicates_dropped": len(records) - len(unique),
+                   "events_left_out": len(left_out)}  # fmt: skip
     summary = datasets.write(split, out, description)
     print(
         f"wrote {out}: {json.dumps(summary['counts'])}, "

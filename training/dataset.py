@@ -81,8 +81,15 @@ def from_corpus(path: Path) -> Iterator[Record]:
         yield Record(digest, f"corpus:{source}", label, message_time(message), extract(message))
 
 
-def from_events(store: Store, since: float | None, until: float | None) -> Iterator[Record]:
-    """Records of events with an analyst label, from their feature snapshot or raw message."""
+def from_events(
+    store: Store, since: float | None, until: float | None, left_out: list[str] | None = None
+) -> Iterator[Record]:
+    """Records of events with an analyst label, from their feature snapshot or raw message.
+
+    An event with neither (no check read its features and its raw was not kept or has
+    expired, or its snapshot is of an older feature version) cannot be featurised: its id
+    goes to ``left_out``, for the caller to say so.
+    """
     for row in store.labelled_messages(since, until):
         features: Features | None = None
         snapshot = row.get("features")
@@ -91,7 +98,9 @@ def from_events(store: Store, since: float | None, until: float | None) -> Itera
         elif row.get("raw") is not None:
             features = extract(ParsedMessage.parse(row["raw"]))
         if features is None:
-            continue  # neither a current snapshot nor the raw message: cannot featurise
+            if left_out is not None:
+                left_out.append(str(row["event_id"]))
+            continue
         label = "spam" if row["label"] in SPAM_LABELS else "ham"
         yield Record(
             f"event:{row['event_id']}", f"event:{row['source']}", label, row["time"], features

@@ -119,13 +119,19 @@ def test_labelled_events_become_a_dataset(small_corpus, config, tmp_path, capsys
         store.add(event, Retained(raw if n % 2 else None, snapshot, 2000.0))
         store.add_label(event.id, "spam" if n >= 10 else "ham", "console", "ana")
     store.withdraw_labels(f"{0:016x}.1", "ana")
+    # Labelled, but with nothing to learn from: no snapshot (no check read its features)
+    # and no raw (not sampled). It is left out, and said so.
+    store.add(SecurityEvent(id="00000000000000ff.1", kind="message", time=1050.0),
+              Retained(None, None, 2000.0))  # fmt: skip
+    store.add_label("00000000000000ff.1", "spam", "console", "ana")
     assert store.purge(now=3000.0) == {"raw_messages": 0, "events": 0}  # labelled: kept
     store.close()
     out = tmp_path / "ds" / "events.jsonl.gz"
     assert main(["model", "dataset", "--config", str(config), "--events", "--split", "time",
                  "--out", str(out)]) == 0  # fmt: skip
+    assert "1 labelled events left out" in capsys.readouterr().err
     records = datasets.read(out)
-    assert len(records) == 19  # the withdrawn one is out
+    assert len(records) == 19  # the withdrawn one and the featureless one are out
     assert {r.label for r in records} == {"spam", "ham"}
     newest = max(records, key=lambda r: r.time)
     assert newest.split == "test"
