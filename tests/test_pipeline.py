@@ -118,3 +118,64 @@ async def test_shared_clients_survive_a_reload(config_factory, tmp_path):
     after = clients(gateway)
     assert all(a is b for a, b in zip(before, after, strict=True))
     await gateway.aclose()
+
+
+@dataclass
+class ServerCheck:
+    """Waits on a server (a real socket pair: it asks, then reads the answer)."""
+
+    name: ClassVar[str] = "server"
+    symbols: ClassVar[dict[str, str]] = {}
+    waits_on_network: ClassVar[bool] = True
+    config: CheckConfig
+    log: list[str]
+
+    async def run(self, ctx):
+        self.log.append("server: started")
+        reader, writer = await asyncio.open_connection(*self.config_address)
+        writer.write(b"ask\n")
+        await reader.readline()
+        self.log.append("server: answered")
+        writer.close()
+        return []
+
+    async def aclose(self):
+        return None
+
+
+@dataclass
+class CpuCheck:
+    name: ClassVar[str] = "cpu"
+    symbols: ClassVar[dict[str, str]] = {}
+    config: CheckConfig
+    log: list[str]
+
+    async def run(self, ctx):
+        self.log.append("cpu: ran")
+        return []
+
+    async def aclose(self):
+        return None
+
+
+async def test_checks_waiting_on_a_server_start_first_and_the_others_run_meanwhile():
+    log: list[str] = []
+
+    async def answer_late(reader, writer):
+        await reader.readline()
+        await asyncio.sleep(0.2)  # the server takes its time
+        writer.write(b"ok\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_late, "127.0.0.1", 0)
+    try:
+        waiting = ServerCheck(CheckConfig(), log)
+        waiting.config_address = server.sockets[0].getsockname()[:2]
+        cpu = CpuCheck(CheckConfig(), log)
+        # Listed after the CPU check, the server check still starts before it runs.
+        result = await make(cpu, waiting).scan(ctx())
+    finally:
+        server.close()
+    assert log == ["server: started", "cpu: ran", "server: answered"]
+    assert result.timings_ms["cpu"] < result.timings_ms["server"]

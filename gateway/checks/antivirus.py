@@ -28,6 +28,7 @@ class AntivirusCheck:
     """VIRUS_FOUND with the signature, or AV_FAIL when the message could not be scanned."""
 
     name: ClassVar[str] = "antivirus"
+    waits_on_network: ClassVar[bool] = True  # started first (Pipeline.scan)
     symbols: ClassVar[Mapping[str, str]] = {
         "VIRUS_FOUND": "ClamAV found malware (details: signature)",
         "AV_CLEAN": "ClamAV scanned the message and found nothing",

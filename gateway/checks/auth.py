@@ -82,6 +82,7 @@ class AuthCheck:
     """Who really sent the message, as SPF, DKIM, DMARC and ARC see it."""
 
     name: ClassVar[str] = "auth"
+    waits_on_network: ClassVar[bool] = True  # started first (Pipeline.scan)
     symbols: ClassVar[Mapping[str, str]] = {
         **{sym: f"SPF {res} (RFC 7208)" for res, (sym, _) in _SPF.items()},
         **{sym: f"DKIM signature {res}" for res, (sym, _) in _DKIM.items()},

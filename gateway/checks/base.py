@@ -23,6 +23,10 @@ class Check(Protocol):
     ``phases: ClassVar[frozenset[Phase]]`` (CONNECT, HELO, MAIL, RCPT) and implements
     ``async def run_early(self, phase: Phase, session: SessionInfo) -> Sequence[Finding]``;
     the pipeline calls it at those steps of either front (``Pipeline.early``).
+
+    A check that waits on a server (clamd, DNS, Redis) declares ``waits_on_network:
+    ClassVar[bool] = True``: the pipeline starts it first, as a task, and runs the other
+    checks one after another meanwhile (``Pipeline.scan``).
     """
 
     name: ClassVar[str]

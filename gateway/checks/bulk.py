@@ -84,6 +84,7 @@ class BulkCheck:
     """Counts near-duplicate texts across the site."""
 
     name: ClassVar[str] = "bulk"
+    waits_on_network: ClassVar[bool] = True  # started first (Pipeline.scan)
     symbols: ClassVar[Mapping[str, str]] = {
         "BULK_CAMPAIGN": "The same text (allowing for changed names, numbers and links) came "
         "at least min_copies times in the window",

@@ -85,6 +85,7 @@ class ReputationCheck:
     """Looks up the client address and the message's domains in the configured lists."""
 
     name: ClassVar[str] = "reputation"
+    waits_on_network: ClassVar[bool] = True  # started first (Pipeline.scan)
     symbols: ClassVar[Mapping[str, str]] = {
         "RBL_LISTED": "The client address is on an IP block list",
         "SENDER_DOMAIN_LISTED": "The envelope sender's or the From domain is on a domain list",
