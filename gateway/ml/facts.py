@@ -119,10 +119,12 @@ def _decoded_host(host: str) -> str:
         return host
 
 
-def url_facts(urls: Sequence[str], anchors: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """URL_* facts of a message's links and anchors."""
+def url_facts(
+    urls: Sequence[str], hosts: Sequence[str], anchors: Iterable[tuple[str, str]]
+) -> dict[str, Any]:
+    """URL_* facts of a message's links, their hosts (``url_host``, empty ones left out)
+    and anchors."""
     facts: dict[str, Any] = {}
-    hosts = [h for h in (url_host(u) for u in urls) if h]
     ips = sorted({h for h in hosts if _is_ip(h.strip("[]"))})
     if ips:
         facts["URL_IP_LITERAL"] = {"hosts": ips[:MAX_LISTED]}

@@ -160,14 +160,14 @@ def extract_all(message: ParsedMessage) -> Extraction:
     text = html.unescape(squeeze_whitespace(" ".join(texts)))[:MAX_TEXT]
     urls.extend(find_urls(text))
     urls = urls[:MAX_URLS]
-    domains = {d for d in map(url_host, urls) if d}
-    tokens.extend(f"url:{d}" for d in sorted(domains))
+    hosts = [h for h in map(url_host, urls) if h]
+    tokens.extend(f"url:{d}" for d in sorted(set(hosts)))
     tokens.append(f"urls:{min(len(urls), 20)}")
     tokens.extend(_header_tokens(message))
     subject = message.subject[:300]
     anchors = [a for doc in docs for a in doc.anchors][:MAX_URLS]
     facts = {
-        **url_facts(urls, anchors),
+        **url_facts(urls, hosts, anchors),
         **html_facts(docs, len(text.split())),
         **text_facts(f"{subject}\n{text}"),
         **from_name_facts((m.display_name, m.domain) for m in message.from_mailboxes[:5]),
