@@ -17,7 +17,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Self
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +26,7 @@ from gateway.clients.dns import DnsClient, DnsTempError
 from gateway.config import CheckConfig, Settings
 from gateway.context import ScanContext
 from gateway.errors import NotConfigured
+from gateway.ml.facts import is_ip_host, url_host
 from gateway.services import Services
 from gateway.types import Effect, Finding, Status
 
@@ -120,8 +120,8 @@ class ReputationCheck:
         sender_domains += [m.domain for m in ctx.message.from_mailboxes if m.domain]
         link_domains = []
         for url in ctx.urls:
-            host = (urlsplit(url).hostname or "").rstrip(".").lower()
-            if host and not _is_ip(host):
+            host = url_host(url)  # "" for a link it cannot parse (http://[x), not a crash
+            if host and not is_ip_host(host):
                 link_domains.append(host)
         seen: set[tuple[str, str]] = set()
         for symbol, domains in (("SENDER_DOMAIN_LISTED", sender_domains),
@@ -175,11 +175,3 @@ class ReputationCheck:
 
     async def aclose(self) -> None:
         """The resolver is shared: nothing of its own to close."""
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True

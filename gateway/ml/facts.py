@@ -85,7 +85,9 @@ def url_host(url: str) -> str:
     return host.lower().rstrip(".")
 
 
-def _is_ip(host: str) -> bool:
+def is_ip_host(host: str) -> bool:
+    """Whether a link's host is an IP address ([v6] in brackets, or a decimal number)."""
+    host = host.strip("[]")
     if host.isdigit():  # http://3232235777/ is 192.168.1.1
         return len(host) >= 8
     try:
@@ -125,7 +127,7 @@ def url_facts(
     """URL_* facts of a message's links, their hosts (``url_host``, empty ones left out)
     and anchors."""
     facts: dict[str, Any] = {}
-    ips = sorted({h for h in hosts if _is_ip(h.strip("[]"))})
+    ips = sorted({h for h in hosts if is_ip_host(h)})
     if ips:
         facts["URL_IP_LITERAL"] = {"hosts": ips[:MAX_LISTED]}
     userinfo = [u for u in urls if u.lower().startswith("http") and _userinfo(u)]
@@ -140,7 +142,7 @@ def url_facts(
         mixed = [d for d in map(_decoded_host, idn) if any(map(_mixed, d.split(".")))]
         if mixed:
             facts["URL_MIXED_SCRIPT"] = {"hosts": mixed[:MAX_LISTED]}
-    domains = {organizational_domain(h) for h in hosts if not _is_ip(h.strip("[]"))}
+    domains = {organizational_domain(h) for h in hosts if not is_ip_host(h)}
     if len(domains) >= MANY_DOMAINS:
         facts["URL_MANY_DOMAINS"] = {"count": len(domains)}
     mismatched = []

@@ -102,3 +102,17 @@ async def test_queries_are_bounded_and_private_addresses_stay_home(lists):
 def test_no_lists_configured_means_the_check_is_off():
     with pytest.raises(NotConfigured, match="no ip_zones or domain_zones"):
         ReputationCheck.from_config({}, Settings())
+
+
+async def test_a_link_that_does_not_parse_is_skipped_not_a_crash(lists):
+    """urlsplit raises on href="http://[oops/" (a bad IPv6 literal): the check read hosts
+    with it, so one such link made the whole check fail."""
+    check = check_for(lists)
+    raw = (
+        b"From: a@sender.test\r\nSubject: s\r\nContent-Type: text/html\r\n\r\n"
+        b"<a href='http://[oops/'>x</a> <a href='http://evil-link.test/'>y</a>\r\n"
+    )
+    ctx = ScanContext(Envelope(id="t.1", raw=raw, mail_from="a@sender.test",
+                               rcpts=("bob@example.test",), client_ip="192.0.2.99"))  # fmt: skip
+    found = await check.run(ctx)
+    assert [f.detail["listed"] for f in found] == ["evil-link.test"]
