@@ -421,17 +421,9 @@ def seeded_registry(models: Path, shipped: Path) -> Path:
         _replace_outdated(models, shipped)
         return models
     models.mkdir(parents=True, exist_ok=True)
-    # Copied under a name of this process's, then renamed: two processes starting at once
-    # (a gateway and a training command) both end with whole artefacts.
     for artefact in shipped.iterdir():
-        target = models / artefact.name
-        if artefact.is_dir() and not target.exists():
-            tmp = models / f".{artefact.name}.{os.getpid()}.tmp"
-            shutil.copytree(artefact, tmp)
-            try:
-                os.rename(tmp, target)
-            except OSError:  # another process was first
-                shutil.rmtree(tmp, ignore_errors=True)
+        if artefact.is_dir():
+            _copy_artefact(artefact, models)
     tmp_current = models / f".{CURRENT_FILE}.{os.getpid()}.tmp"
     shutil.copyfile(shipped / CURRENT_FILE, tmp_current)
     if (models / CURRENT_FILE).exists():
@@ -439,6 +431,23 @@ def seeded_registry(models: Path, shipped: Path) -> Path:
     else:
         os.replace(tmp_current, models / CURRENT_FILE)
     return models
+
+
+def _copy_artefact(artefact: Path, models: Path) -> None:
+    """Copy a shipped artefact into the registry unless it is there already.
+
+    Copied under a name of this process's, then renamed: two processes starting at once
+    (two workers, a gateway and a training command) both end with a whole artefact.
+    """
+    target = models / artefact.name
+    if target.exists():
+        return
+    tmp = models / f".{artefact.name}.{os.getpid()}.tmp"
+    shutil.copytree(artefact, tmp)
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another process was first
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _replace_outdated(models: Path, shipped: Path) -> None:
@@ -458,14 +467,7 @@ def _replace_outdated(models: Path, shipped: Path) -> None:
         return
     if read_metadata(shipped / shipped_id).get("feature_version") != FEATURE_VERSION:
         return
-    target = models / shipped_id
-    if not target.exists():
-        tmp = models / f".{shipped_id}.{os.getpid()}.tmp"
-        shutil.copytree(shipped / shipped_id, tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process was first
-            shutil.rmtree(tmp, ignore_errors=True)
+    _copy_artefact(shipped / shipped_id, models)
     tmp_current = models / f".{CURRENT_FILE}.{os.getpid()}.tmp"
     tmp_current.write_text(f"{shipped_id}\n")
     os.replace(tmp_current, models / CURRENT_FILE)
