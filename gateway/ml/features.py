@@ -70,12 +70,6 @@ class Features:
         return cls(str(data["text"]), tuple(data["tokens"]), int(data["version"]))
 
 
-def html_to_text(markup: str) -> tuple[str, list[str], list[str]]:
-    """(visible text, link targets, notable tags) of HTML; malformed markup is tolerated."""
-    doc = read_html(markup)
-    return doc.text, doc.links, doc.tags
-
-
 def _decode(part: Any) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
@@ -114,13 +108,7 @@ class Extraction:
 
 def extract(message: ParsedMessage) -> Features:
     """Subject and body text (HTML as text), URLs and domains, structure, attachments, facts."""
-    return extract_with_facts(message)[0]
-
-
-def extract_with_facts(message: ParsedMessage) -> tuple[Features, dict[str, Any]]:
-    """The features and the facts (gateway.ml.facts: name -> detail) of one message."""
-    extraction = extract_all(message)
-    return extraction.features, extraction.facts
+    return extract_all(message).features
 
 
 def extract_all(message: ParsedMessage) -> Extraction:

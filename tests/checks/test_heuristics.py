@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import PROJECT_ROOT, load_scores
 from gateway.message import ParsedMessage
-from gateway.ml.features import extract_with_facts
+from gateway.ml.features import extract_all
 from tests.checks.golden import EXPECTED, MESSAGES, scan_bytes
 
 FACT_PREFIXES = ("URL_", "HTML_", "TEXT_", "FROM_NAME_")
@@ -28,7 +28,7 @@ def message(body: str, *, html: bool = True, subject: str = "Hello", sender: str
 
 
 def facts_of(raw: bytes) -> dict[str, dict[str, object]]:
-    return extract_with_facts(ParsedMessage.parse(raw))[1]
+    return extract_all(ParsedMessage.parse(raw)).facts
 
 
 ORDINARY = "<p>Hi Bob, the minutes of Tuesday's meeting are attached. See you next week.</p>"
@@ -110,13 +110,14 @@ def test_a_huge_display_name_costs_no_more_than_a_short_one():
 
 
 def test_the_model_sees_the_facts_as_tokens():
-    features, facts = extract_with_facts(ParsedMessage.parse(message(CASES["URL_IP_LITERAL"])))
+    extraction = extract_all(ParsedMessage.parse(message(CASES["URL_IP_LITERAL"])))
+    features, facts = extraction.features, extraction.facts
     assert "fact:URL_IP_LITERAL" in features.tokens
     assert set(facts) == {"URL_IP_LITERAL"}
 
 
 def test_hidden_text_is_not_model_text():
-    features, _ = extract_with_facts(ParsedMessage.parse(message(CASES["HTML_HIDDEN_TEXT"])))
+    features = extract_all(ParsedMessage.parse(message(CASES["HTML_HIDDEN_TEXT"]))).features
     assert "poison" not in features.text
     assert "minutes" in features.text
 
