@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
 from gateway.checks.classifier import log_odds
 from gateway.config import Score, Settings, load_scores
@@ -37,7 +36,7 @@ from gateway.ml.model import build_pipeline
 from training import scores
 from training.corpus import iter_messages, label_from_path
 from training.dataset import message_time
-from training.metrics import recall_at_fpr
+from training.metrics import ranking
 from training.scores import Sample
 
 SPAM_CATCH = 0.90  # the spam share at which the ham false-positive rate is reported
@@ -114,9 +113,7 @@ def figures(labels: np.ndarray[Any, Any], scores: np.ndarray[Any, Any]) -> dict[
     spam_scores = np.sort(scores[labels == 1])
     cut = spam_scores[int((1 - SPAM_CATCH) * len(spam_scores))]
     return {
-        "auc": float(roc_auc_score(labels, scores)),
-        "recall_at_0.1%": recall_at_fpr(labels, scores, 0.001),
-        "recall_at_1%": recall_at_fpr(labels, scores, 0.01),
+        **ranking(labels, scores),
         f"ham_fpr_at_{SPAM_CATCH:.0%}_caught": float(np.mean(scores[labels == 0] >= cut)),
     }
 

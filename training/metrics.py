@@ -16,6 +16,15 @@ def recall_at_fpr(
     return float(tpr[fpr <= fpr_limit].max())
 
 
+def ranking(labels: np.ndarray[Any, Any], scores: np.ndarray[Any, Any]) -> dict[str, float]:
+    """How well ``scores`` rank spam above ham: ROC AUC, recall at 0.1% and 1% FPR."""
+    return {
+        "auc": float(roc_auc_score(labels, scores)),
+        "recall_at_0.1%": recall_at_fpr(labels, scores, 0.001),
+        "recall_at_1%": recall_at_fpr(labels, scores, 0.01),
+    }
+
+
 def threshold_for_fpr(ham_scores: np.ndarray[Any, Any], target_fpr: float) -> float:
     """The lowest threshold whose ham false-positive rate stays within the target."""
     ordered = np.sort(ham_scores)[::-1]

@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from gateway.checks.classifier import log_odds
@@ -52,9 +51,9 @@ from gateway.message import ParsedMessage, crlf_line_ends
 from gateway.ml.features import Features
 from gateway.pipeline import Pipeline
 from gateway.store import Store
+from training import metrics
 from training.corpus import iter_messages, label_from_path
 from training.dataset import SPAM_LABELS, content_key
-from training.metrics import recall_at_fpr
 
 MODEL_SYMBOLS = ("ML_SPAM", "ML_HAM")
 _ADDRESS = re.compile(r"[^\s<>@]+@[^\s<>@]+")
@@ -321,7 +320,7 @@ def figures(
         for i in test:
             learned_scores[i] = learned_total(samples[i], learned)
         for name, scores in zip(ROWS, (model, in_force, learned_scores), strict=True):
-            ranking[name].append(_ranking(labels[test], scores[test]))
+            ranking[name].append(metrics.ranking(labels[test], scores[test]))
     confident = model >= log_odds(model_threshold)
     result = {}
     cuts = (log_odds(model_threshold), quarantine, quarantine)
@@ -342,14 +341,6 @@ def figures(
 
 
 ROWS = ("model alone", "overall, scores in force", "overall, learned (out of fold)")
-
-
-def _ranking(labels: np.ndarray[Any, Any], scores: np.ndarray[Any, Any]) -> dict[str, float]:
-    return {
-        "auc": float(roc_auc_score(labels, scores)),
-        "recall_at_0.1%": recall_at_fpr(labels, scores, 0.001),
-        "recall_at_1%": recall_at_fpr(labels, scores, 0.01),
-    }
 
 
 def write_scores(
